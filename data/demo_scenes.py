@@ -1,0 +1,620 @@
+"""Deterministic multi-object demo scenes built from Fashion-MNIST items, and a reader for them.
+
+Each scene is an RGB canvas with a varied background (colour gradient, low-contrast texture, mild
+noise) and 2-4 tinted, rescaled Fashion-MNIST items that may occlude each other. Alongside every
+image we write exact ground truth:
+
+* ``semantic/NAME.png`` (uint8): 0 = background, k + 1 = Fashion-MNIST class k (so 1..10);
+* ``instance/NAME.png`` (uint8): 0 = background, 1..n = the items in paint order.
+
+Train and eval scenes draw their items from disjoint pools of the 10,000 vendored test-split
+items, so no eval object is ever seen during training. Everything is derived from one seed through
+``numpy.random.default_rng``; every scene has its own generator, keyed by (seed, split, index).
+
+Command line::
+
+    python -m data.demo_scenes --out-dir demo_data --num-train 2000 --num-eval 300 --size 128 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+FASHION_MNIST_DIR = Path(__file__).resolve().parent / "fashion_mnist"
+IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
+LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+SPLITS = ("train", "eval")
+# Bump whenever the rendering changes, so old directories are regenerated instead of reused.
+FORMAT_VERSION = 1
+GENERATOR_NAME = "data.demo_scenes"
+DEFAULT_NUM_TRAIN = 2000
+DEFAULT_NUM_EVAL = 300
+DEFAULT_SIZE = 128
+
+# Appearance constants. Background colours stay inside BG_RANGE; the texture and noise amplitudes
+# bound how far any background pixel strays from its gradient value.
+BG_RANGE = (30.0, 225.0)
+TEXTURE_AMPLITUDE = 10.0
+NOISE_AMPLITUDE = 5.0
+# Faint item pixels are drawn at least this bright (relative to the tint) so they never fade into
+# the background; the item still shows its Fashion-MNIST shading above that floor.
+TINT_FLOOR = 0.45
+# Minimum RGB distance between any item colour and the background gradient, before texture/noise.
+MIN_CONTRAST = 80.0
+TINT_CANDIDATES = 32
+PLACEMENT_TRIES = 20
+_SPLIT_KEYS = {"train": 1, "eval": 2}
+_POOL_KEY = 0
+
+
+class DemoDataError(ValueError):
+    """Missing or malformed demo data; the message is meant to be shown to the user as is."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST idx reader
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_idx_ubyte(path: Path, expected_ndim: int) -> np.ndarray:
+    """Read a gzip-compressed idx file of unsigned bytes (magic 0x0000 08 NDIM, big-endian dims)."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise DemoDataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DemoDataError(f"{path}: not a readable gzip file ({exc})") from None
+
+    if len(raw) < 4:
+        raise DemoDataError(f"{path}: too short to be an idx file ({len(raw)} bytes)")
+    if raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DemoDataError(f"{path}: not an unsigned-byte idx file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    if ndim != expected_ndim:
+        raise DemoDataError(f"{path}: expected a {expected_ndim}-d idx file, header says {ndim}-d")
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DemoDataError(f"{path}: truncated idx header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header_len])
+    payload = len(raw) - header_len
+    if payload != math.prod(dims):
+        raise DemoDataError(f"{path}: header promises {math.prod(dims)} bytes of data, found {payload}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def load_fashion_mnist(root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load the vendored Fashion-MNIST test split.
+
+    Returns ``(images, labels)``: uint8 ``[N, 28, 28]`` with background exactly 0, and int64 ``[N]``
+    class ids in 0..9 (see ``CLASS_NAMES``).
+    """
+    folder = FASHION_MNIST_DIR if root is None else Path(root)
+    images = _read_idx_ubyte(folder / IMAGES_FILE, expected_ndim=3)
+    labels = _read_idx_ubyte(folder / LABELS_FILE, expected_ndim=1)
+    if images.shape[1:] != (28, 28):
+        raise DemoDataError(f"{folder / IMAGES_FILE}: expected 28x28 images, got {images.shape[1:]}")
+    if len(images) != len(labels):
+        raise DemoDataError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DemoDataError(f"{folder / LABELS_FILE}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
+    return images.copy(), labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene rendering
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Rendering parameters shared by every scene of a dataset."""
+
+    size: int = DEFAULT_SIZE
+    min_items: int = 2
+    max_items: int = 4
+    # Item side length as a fraction of the canvas side (0.25..0.55 of 128 px is 32..70 px).
+    min_item_frac: float = 0.25
+    max_item_frac: float = 0.55
+    # An upscaled item pixel belongs to the item iff its intensity is above this value.
+    mask_threshold: int = 16
+    # Every earlier item must keep at least this fraction of its pixels visible after occlusion.
+    min_visible_frac: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32 px, got {self.size}")
+        if not 1 <= self.min_items <= self.max_items <= 255:
+            raise ValueError(f"need 1 <= min_items <= max_items <= 255, got {self.min_items}..{self.max_items}")
+        if not 0.0 < self.min_item_frac <= self.max_item_frac <= 1.0:
+            raise ValueError(
+                f"need 0 < min_item_frac <= max_item_frac <= 1, got {self.min_item_frac}..{self.max_item_frac}"
+            )
+        if round(self.min_item_frac * self.size) < 8:
+            raise ValueError(f"min_item_frac {self.min_item_frac} gives items under 8 px at size {self.size}")
+        if not 0 <= self.mask_threshold < 255:
+            raise ValueError(f"mask_threshold must be in 0..254, got {self.mask_threshold}")
+        if not 0.0 <= self.min_visible_frac <= 1.0:
+            raise ValueError(f"min_visible_frac must be in [0, 1], got {self.min_visible_frac}")
+
+    @property
+    def item_side_range(self) -> tuple[int, int]:
+        return round(self.min_item_frac * self.size), round(self.max_item_frac * self.size)
+
+
+@dataclass
+class Scene:
+    """One rendered scene; ``background`` is the fill before any item was painted."""
+
+    image: np.ndarray  # [H, W, 3] uint8
+    background: np.ndarray  # [H, W, 3] uint8
+    semantic: np.ndarray  # [H, W] uint8, 0 or class + 1
+    instance: np.ndarray  # [H, W] uint8, 0 or paint order 1..n
+    source_indices: list[int]  # Fashion-MNIST index of instance k at position k - 1
+    labels: list[int]  # Fashion-MNIST class (0..9) of instance k at position k - 1
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator for one scene: independent of how many other scenes are rendered, or in what order."""
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return np.random.default_rng([seed, _SPLIT_KEYS[split], index])
+
+
+def split_source_pools(num_items: int, seed: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Partition item indices ``0..num_items-1`` into disjoint, sorted (train, eval) pools."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}")
+    order = np.random.default_rng([seed, _POOL_KEY]).permutation(num_items)
+    num_eval = max(1, round(num_items * eval_fraction))
+    if num_eval >= num_items:
+        raise ValueError(f"cannot split {num_items} items into non-empty train and eval pools")
+    return np.sort(order[num_eval:]), np.sort(order[:num_eval])
+
+
+def _bilinear_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    # PIL's uint8 bilinear path is integer fixed-point, so the result cannot depend on float rounding.
+    return np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _render_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth two-colour gradient + coarse low-contrast texture + mild per-pixel noise.
+
+    Returns the uint8 canvas and the two gradient end colours (float, [2, 3]).
+    """
+    end_colours = rng.uniform(*BG_RANGE, size=(2, 3))
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    coords = np.arange(size, dtype=np.float64)
+    projection = math.cos(angle) * coords[None, :] + math.sin(angle) * coords[:, None]
+    projection -= projection.min()
+    projection /= max(projection.max(), 1e-9)
+    canvas = end_colours[0] + projection[..., None] * (end_colours[1] - end_colours[0])
+
+    grid = int(rng.integers(3, 9))
+    coarse = rng.integers(0, 256, size=(grid, grid), dtype=np.uint8)
+    texture = _bilinear_resize(coarse, size, size).astype(np.float64) * (2.0 / 255.0) - 1.0
+    canvas += TEXTURE_AMPLITUDE * texture[..., None]
+    canvas += rng.uniform(-NOISE_AMPLITUDE, NOISE_AMPLITUDE, size=(size, size, 3))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), end_colours
+
+
+def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray) -> np.ndarray:
+    """Choose an RGB tint whose whole shading range stays far from the background gradient."""
+    candidates = rng.uniform(0.0, 255.0, size=(TINT_CANDIDATES, 3))
+    shade = np.linspace(TINT_FLOOR, 1.0, 6)
+    along = np.linspace(0.0, 1.0, 6)
+    item_colours = candidates[:, None, :] * shade[None, :, None]  # [C, 6, 3]
+    bg_colours = end_colours[0] + along[:, None] * (end_colours[1] - end_colours[0])  # [6, 3]
+    distance = np.linalg.norm(item_colours[:, :, None, :] - bg_colours[None, None, :, :], axis=-1)
+    worst = distance.min(axis=(1, 2))
+    good = np.flatnonzero(worst >= MIN_CONTRAST)
+    # If no candidate clears the bar, take the most distinct one rather than failing.
+    return candidates[good[0] if good.size else int(worst.argmax())]
+
+
+def render_scene(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray | Sequence[int],
+    config: SceneConfig | None = None,
+) -> Scene:
+    """Render one scene from items drawn (without replacement) out of ``pool``.
+
+    Later items occlude earlier ones; a placement that would leave an earlier item less than
+    ``config.min_visible_frac`` visible is retried, and the item is dropped if no retry fits.
+    """
+    config = config or SceneConfig()
+    pool = np.asarray(pool)
+    size = config.size
+    background, end_colours = _render_background(rng, size)
+    image = background.copy()
+    semantic = np.zeros((size, size), dtype=np.uint8)
+    instance = np.zeros((size, size), dtype=np.uint8)
+
+    num_items = int(rng.integers(config.min_items, config.max_items + 1))
+    chosen = rng.choice(pool, size=min(num_items, len(pool)), replace=False)
+    min_side, max_side = config.item_side_range
+
+    full_areas: list[int] = []
+    visible = np.zeros(1, dtype=np.int64)  # visible pixel count per instance id (slot 0 unused)
+    placed_sources: list[int] = []
+    placed_labels: list[int] = []
+    for source in chosen:
+        source = int(source)
+        tint = _pick_tint(rng, end_colours)
+        for _ in range(PLACEMENT_TRIES):
+            side = int(rng.integers(min_side, max_side + 1))
+            top = int(rng.integers(0, size - side + 1))
+            left = int(rng.integers(0, size - side + 1))
+            resized = _bilinear_resize(images[source], side, side)
+            mask = resized > config.mask_threshold
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            window = (slice(top, top + side), slice(left, left + side))
+            covered = np.bincount(instance[window][mask], minlength=len(visible))
+            remaining = visible[1:] - covered[1:]
+            if np.all(remaining >= config.min_visible_frac * np.asarray(full_areas, dtype=np.float64)):
+                break
+        else:
+            continue  # no placement keeps the earlier items visible enough: skip this item
+
+        instance_id = len(placed_sources) + 1
+        shading = TINT_FLOOR + (1.0 - TINT_FLOOR) * (resized[mask].astype(np.float64) / 255.0)
+        colours = np.clip(np.rint(shading[:, None] * tint[None, :]), 0, 255).astype(np.uint8)
+        image[window][mask] = colours
+        semantic[window][mask] = labels[source] + 1
+        instance[window][mask] = instance_id
+        visible[1:] = remaining
+        visible = np.append(visible, area)
+        full_areas.append(area)
+        placed_sources.append(source)
+        placed_labels.append(int(labels[source]))
+
+    return Scene(image, background, semantic, instance, placed_sources, placed_labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset generation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationResult:
+    out_dir: Path
+    meta: dict[str, Any]
+    generated: bool  # False when an up-to-date dataset was already there
+    seconds: float
+
+
+def _scene_name(split: str, index: int) -> str:
+    return f"{split}_{index:05d}"
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    # Low compression keeps generation fast; the maps are mostly flat and still compress well.
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+@dataclass
+class _RenderState:
+    out_dir: Path
+    seed: int
+    config: SceneConfig
+    images: np.ndarray
+    labels: np.ndarray
+    pools: dict[str, np.ndarray]
+
+
+_CHUNK = 64
+_worker_state: _RenderState | None = None  # set once per pool process by _init_worker
+
+
+def _init_worker(state: _RenderState) -> None:
+    global _worker_state
+    _worker_state = state
+
+
+def _render_chunk_in_worker(task: tuple[str, int, int]) -> list[dict[str, Any]]:
+    assert _worker_state is not None, "worker used without _init_worker"
+    return _render_chunk(_worker_state, *task)
+
+
+def _render_chunk(state: _RenderState, split: str, start: int, stop: int) -> list[dict[str, Any]]:
+    """Render and write scenes ``start..stop-1`` of ``split``; return their records."""
+    split_dir = state.out_dir / split
+    records = []
+    for index in range(start, stop):
+        rng = scene_rng(state.seed, split, index)
+        scene = render_scene(rng, state.images, state.labels, state.pools[split], state.config)
+        name = _scene_name(split, index)
+        _save_png(scene.image, split_dir / "images" / f"{name}.png")
+        _save_png(scene.semantic, split_dir / "semantic" / f"{name}.png")
+        _save_png(scene.instance, split_dir / "instance" / f"{name}.png")
+        records.append({"name": name, "source_indices": scene.source_indices, "labels": scene.labels})
+    return records
+
+
+def _read_meta(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _is_complete(out_dir: Path, meta: dict[str, Any]) -> bool:
+    for split in SPLITS:
+        expected = meta["counts"][split]
+        if not (out_dir / split / "scenes.json").is_file():
+            return False
+        for kind in ("images", "semantic", "instance"):
+            if sum(1 for _ in (out_dir / split / kind).glob("*.png")) != expected:
+                return False
+    return True
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Clear a previous demo dataset; refuse to touch a directory that is not one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoDataError(f"{out_dir}: exists and is not a directory")
+    if not out_dir.exists():
+        return
+    meta = _read_meta(out_dir)
+    ours = meta is not None and meta.get("generator") == GENERATOR_NAME
+    foreign = [p.name for p in out_dir.iterdir() if p.name not in {*SPLITS, "meta.json"}]
+    if foreign or ((out_dir / "meta.json").exists() and not ours):
+        raise DemoDataError(f"{out_dir}: not empty and not a demo-scenes directory; choose another --out-dir")
+    # Drop meta.json first: an interrupted regeneration must not look complete next time.
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        (out_dir / split / "scenes.json").unlink(missing_ok=True)
+        for kind in ("images", "semantic", "instance"):
+            for stale in (out_dir / split / kind).glob("*.png"):
+                stale.unlink()
+
+
+def generate_scenes(
+    out_dir: str | Path,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_eval: int = DEFAULT_NUM_EVAL,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    *,
+    min_items: int = 2,
+    max_items: int = 4,
+    min_item_frac: float = 0.25,
+    max_item_frac: float = 0.55,
+    eval_fraction: float = 0.2,
+    fashion_root: str | Path | None = None,
+    force: bool = False,
+    workers: int | None = None,
+) -> GenerationResult:
+    """Write the demo dataset to ``out_dir`` (see the module docstring for the layout).
+
+    Does nothing if ``out_dir/meta.json`` records the same parameters and all files are present
+    (unless ``force``); otherwise clears the old scenes and regenerates. ``workers`` processes
+    render in parallel (default: one per CPU); the output does not depend on it.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if num_train < 0 or num_eval < 0:
+        raise ValueError(f"scene counts must be non-negative, got train={num_train} eval={num_eval}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    config = SceneConfig(
+        size=size,
+        min_items=min_items,
+        max_items=max_items,
+        min_item_frac=min_item_frac,
+        max_item_frac=max_item_frac,
+    )
+    params: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "eval_fraction": eval_fraction,
+        **asdict(config),
+    }
+
+    existing = _read_meta(out_dir)
+    if (
+        not force
+        and existing is not None
+        and existing.get("generator") == GENERATOR_NAME
+        and existing.get("params") == params
+        and _is_complete(out_dir, existing)
+    ):
+        return GenerationResult(out_dir, existing, False, time.perf_counter() - start)
+
+    images, labels = load_fashion_mnist(fashion_root)
+    train_pool, eval_pool = split_source_pools(len(images), seed, eval_fraction)
+    pools = {"train": train_pool, "eval": eval_pool}
+    counts = {"train": num_train, "eval": num_eval}
+
+    _prepare_out_dir(out_dir)
+    for split in SPLITS:
+        for kind in ("images", "semantic", "instance"):
+            (out_dir / split / kind).mkdir(parents=True, exist_ok=True)
+    # Each scene has its own generator, so chunking over processes cannot change any output byte.
+    tasks = [
+        (split, start, min(start + _CHUNK, counts[split]))
+        for split in SPLITS
+        for start in range(0, counts[split], _CHUNK)
+    ]
+    state = _RenderState(out_dir, seed, config, images, labels, pools)
+    workers = max(1, min(workers if workers is not None else os.cpu_count() or 1, len(tasks)))
+    if workers == 1:
+        chunks = [_render_chunk(state, *task) for task in tasks]
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(state,)) as pool:
+            chunks = list(pool.map(_render_chunk_in_worker, tasks))
+    for split in SPLITS:
+        records = [record for (task, chunk) in zip(tasks, chunks, strict=True) if task[0] == split for record in chunk]
+        (out_dir / split / "scenes.json").write_text(json.dumps(records, separators=(",", ":")) + "\n")
+
+    meta: dict[str, Any] = {
+        "generator": GENERATOR_NAME,
+        "version": FORMAT_VERSION,
+        "params": params,
+        "seed": seed,
+        "size": size,
+        "counts": counts,
+        "pool_sizes": {split: len(pool) for split, pool in pools.items()},
+        "class_names": list(CLASS_NAMES),
+        "num_classes": NUM_CLASSES,
+        "semantic_encoding": "0 = background, k + 1 = Fashion-MNIST class k",
+        "instance_encoding": "0 = background, 1..n = items in paint order (later occludes earlier)",
+        "source": "Fashion-MNIST test split (data/fashion_mnist, MIT licence, (c) 2017 Zalando SE)",
+    }
+    # Written last, so its presence means the dataset is complete.
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return GenerationResult(out_dir, meta, True, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reader
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_map(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as handle:
+            array = np.asarray(handle)
+    except OSError as exc:
+        raise DemoDataError(f"{path}: cannot read label map ({exc})") from None
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise DemoDataError(f"{path}: expected a single-channel uint8 map, got {array.dtype} {array.shape}")
+    return array
+
+
+class DemoScenes:
+    """Read a generated split; ``scenes[i]`` is ``(PIL RGB image, semantic, instance)``.
+
+    Both maps are ``[H, W]`` uint8 arrays (encodings in the module docstring).
+
+    ``records[i]`` gives the Fashion-MNIST ``source_indices`` and ``labels`` of instances 1..n.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        hint = f"create it with: python -m data.demo_scenes --out-dir {self.root}"
+        meta = _read_meta(self.root)
+        if meta is None or meta.get("generator") != GENERATOR_NAME:
+            raise DemoDataError(f"no demo dataset at {self.root} (missing or invalid meta.json); {hint}")
+        self.meta = meta
+        self.class_names: list[str] = list(meta["class_names"])
+        split_dir = self.root / split
+        self.image_paths: list[Path] = sorted((split_dir / "images").glob("*.png"))
+        self.semantic_paths = [split_dir / "semantic" / p.name for p in self.image_paths]
+        self.instance_paths = [split_dir / "instance" / p.name for p in self.image_paths]
+        expected = meta["counts"][split]
+        if len(self.image_paths) != expected:
+            raise DemoDataError(
+                f"{split_dir}: expected {expected} images, found {len(self.image_paths)}; "
+                f"regenerate with: python -m data.demo_scenes --out-dir {self.root} --force"
+            )
+        try:
+            self.records: list[dict[str, Any]] = json.loads((split_dir / "scenes.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise DemoDataError(f"{split_dir / 'scenes.json'}: cannot read ({exc}); {hint} --force") from None
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as handle:
+                image = handle.convert("RGB")
+        except OSError as exc:
+            raise DemoDataError(f"{path}: cannot read image ({exc})") from None
+        return image, _read_map(self.semantic_paths[index]), _read_map(self.instance_paths[index])
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.demo_scenes",
+        description="Generate the deterministic Fashion-MNIST demo scenes (images + semantic/instance maps).",
+    )
+    parser.add_argument("--out-dir", default="demo_data", help="output directory (default: demo_data)")
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
+    parser.add_argument("--num-eval", type=int, default=DEFAULT_NUM_EVAL)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="canvas side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-items", type=int, default=2)
+    parser.add_argument("--max-items", type=int, default=4)
+    parser.add_argument("--fashion-root", default=None, help="folder with the t10k idx .gz files")
+    parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    args = parser.parse_args(argv)
+
+    try:
+        result = generate_scenes(
+            args.out_dir,
+            num_train=args.num_train,
+            num_eval=args.num_eval,
+            size=args.size,
+            seed=args.seed,
+            min_items=args.min_items,
+            max_items=args.max_items,
+            fashion_root=args.fashion_root,
+            force=args.force,
+            workers=args.workers,
+        )
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"demo_scenes: error: {exc}") from None
+
+    counts = result.meta["counts"]
+    summary = (
+        f"{counts['train']} train + {counts['eval']} eval scenes, "
+        f"{result.meta['size']}x{result.meta['size']} px, seed {result.meta['seed']}"
+    )
+    if result.generated:
+        print(f"wrote {summary} to {result.out_dir} in {result.seconds:.2f} s")
+    else:
+        print(f"{result.out_dir} already holds {summary}; nothing to do ({result.seconds:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
