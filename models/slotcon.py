@@ -77,7 +77,9 @@ class SlotCon(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)
-        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        updated = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+        # A non-finite step (skipped by the training loop) must not poison the running centre.
+        self.center.copy_(torch.where(torch.isfinite(updated).all(), updated, self.center))
 
     def forward(self, crops: list[Tensor], coords: list[Tensor], flags: list[Tensor]) -> dict[str, Tensor]:
         # Views go through the networks one at a time: each keeps its own BatchNorm statistics.

@@ -1,0 +1,108 @@
+"""Unlabelled image datasets for pretraining, and the two-view sample they produce.
+
+File lists are sorted (so the sample order does not depend on the filesystem) and kept as one numpy
+string array, which DataLoader workers read without the copy-on-read growth of Python lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from data.transforms import TwoViewCrop
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+logger = logging.getLogger("slotcon")
+
+# name -> glob patterns under --data-dir
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "COCO": ("train2017/*.jpg",),
+    "COCOplus": ("train2017/*.jpg", "unlabeled2017/*.jpg"),
+    "ImageNet": ("train/*/*.JPEG",),
+}
+DATASETS = (*LAYOUTS, "folder", "demo")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one line that names the path and what was expected."""
+
+
+def list_images(name: str, data_dir: str | Path) -> np.ndarray:
+    """Sorted image paths of a dataset, as a numpy string array.
+
+    ``folder`` takes every image below ``data_dir`` recursively; ``demo`` the generated demo scenes'
+    training images (``data_dir/train/images``).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"--data-dir {root}: no such directory")
+    if name == "folder":
+        files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        expected = f"image files ({', '.join(IMAGE_EXTENSIONS)}) anywhere below {root}"
+    elif name == "demo":
+        files = list((root / "train" / "images").glob("*.png"))
+        expected = f"{root}/train/images/*.png (make it with: python -m data.demo_scenes --out-dir {root})"
+    elif name in LAYOUTS:
+        files = [p for pattern in LAYOUTS[name] for p in root.glob(pattern)]
+        expected = " and ".join(f"{root}/{pattern}" for pattern in LAYOUTS[name])
+    else:
+        raise DatasetError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
+    if not files:
+        raise DatasetError(f"--dataset {name} --data-dir {root}: no images found; expected {expected}")
+    return np.array(sorted(str(p) for p in files))
+
+
+class TwoViewDataset(Dataset):
+    """Yields both views of an image: uint8 HWC crops, overlap boxes, flip flags.
+
+    Indexed by ``(index, seed)`` pairs from ``data.sampler.ResumableSampler``: the seed drives every
+    random draw for that sample. An unreadable file is skipped (another image is drawn with the same
+    seed) and its path returned under ``skipped``, so the training loop can count and report it.
+    """
+
+    def __init__(self, files: Sequence[str] | np.ndarray, transform: TwoViewCrop, max_retries: int = 50) -> None:
+        self.files = np.asarray(files)
+        self.transform = transform
+        self.max_retries = max_retries
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        rng = random.Random(seed)
+        skipped: list[str] = []
+        for _ in range(self.max_retries):
+            path = str(self.files[index])
+            try:
+                with Image.open(path) as image:
+                    views = self.transform(image, rng)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                logger.warning("skipping unreadable image %s (%s)", path, e)
+                skipped.append(path)
+                index = rng.randrange(len(self.files))
+                continue
+            return {
+                "crops": [torch.from_numpy(c) for c in views.crops],
+                "boxes": [torch.tensor(b, dtype=torch.float32) for b in views.boxes],
+                "flipped": [torch.tensor(f) for f in views.flipped],
+                "skipped": skipped,
+            }
+        raise DatasetError(f"{self.max_retries} images in a row could not be read, the last {skipped[-1]}")
+
+
+def collate_two_views(samples: list[dict]) -> dict:
+    """Stack a list of samples: crops as uint8 [B, 3, H, W] in channels_last memory (HWC storage)."""
+    return {
+        "crops": [torch.stack([s["crops"][v] for s in samples]).permute(0, 3, 1, 2) for v in range(2)],
+        "boxes": [torch.stack([s["boxes"][v] for s in samples]) for v in range(2)],
+        "flipped": [torch.stack([s["flipped"][v] for s in samples]) for v in range(2)],
+        "skipped": [p for s in samples for p in s["skipped"]],
+    }

@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import SlotCon, SlotConTeacher
+
+KEYS_FILE = Path(__file__).parent / "data" / "official-checkpoint-keys.txt"
+
+
+def _official_keys() -> list[tuple[str, tuple[int, ...], str]]:
+    rows = []
+    for line in KEYS_FILE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, shape, dtype = line.split("\t")
+            rows.append((name, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype))
+    return rows
+
+
+def test_default_state_dict_is_the_official_one_in_order():
+    ours = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in SlotCon().state_dict().items()]
+    assert ours == _official_keys()
+
+
+def _small(**kw) -> SlotCon:
+    torch.manual_seed(0)
+    return SlotCon(arch="resnet18", dim_hidden=32, dim_out=16, num_prototypes=8, **kw)
+
+
+def test_teacher_starts_as_student_and_gets_no_gradients():
+    model = _small()
+    for prefix_q, prefix_k in (("encoder_q", "encoder_k"), ("projector_q", "projector_k"), ("grouping_q", "grouping_k")):
+        student = dict(getattr(model, prefix_q).named_parameters())
+        for name, p in getattr(model, prefix_k).named_parameters():
+            assert torch.equal(p, student[name]) and not p.requires_grad
+
+
+def test_update_teacher_is_an_ema_of_parameters_only():
+    model = _small()
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(1.0)
+        model.encoder_q.bn1.running_mean.fill_(5.0)
+    before = {k: v.clone() for k, v in model.encoder_k.state_dict().items()}
+    model.update_teacher(0.75)
+    after = model.encoder_k.state_dict()
+    student = model.encoder_q.state_dict()
+    for name, p in model.encoder_k.named_parameters():
+        torch.testing.assert_close(p, 0.75 * before[name] + 0.25 * student[name])
+    torch.testing.assert_close(after["bn1.running_mean"], before["bn1.running_mean"])  # buffers untouched
+    model.update_teacher(1.0)
+    assert all(torch.equal(p, after[n]) for n, p in model.encoder_k.named_parameters())
+    model.update_teacher(0.0)
+    assert all(torch.equal(p, student[n]) for n, p in model.encoder_k.named_parameters())
+
+
+def _batch(b: int = 4, size: int = 64):
+    g = torch.Generator().manual_seed(0)
+    crops = [torch.randn(b, 3, size, size, generator=g) for _ in range(2)]
+    coords = [torch.tensor([[0.1, 0.2, 0.9, 0.8]]).repeat(b, 1), torch.tensor([[0.0, 0.0, 0.7, 1.0]]).repeat(b, 1)]
+    flags = [torch.arange(b) % 2 == 0, torch.arange(b) % 3 == 0]
+    return crops, coords, flags
+
+
+def test_forward_returns_the_loss_parts_and_moves_the_centre():
+    model = _small()
+    out = model(*_batch())
+    assert set(out) >= {"loss", "loss_group", "loss_slot"}
+    torch.testing.assert_close(out["loss"].detach(), out["loss_group"] + out["loss_slot"])
+    assert out["loss"].requires_grad and torch.isfinite(out["loss"])
+    assert torch.count_nonzero(model.center) > 0
+    out["loss"].backward()
+    assert model.grouping_q.slot_embed.weight.grad is not None
+    assert model.predictor_slot.mlp[0].weight.grad is not None
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+
+
+def test_centre_update_uses_the_momentum_and_the_raw_teacher_scores():
+    model = _small(center_momentum=0.9)
+    scores = torch.randn(3, 8, 2, 2)
+    model.center.fill_(1.0)
+    model.update_center(scores)
+    expected = 0.9 + 0.1 * scores.permute(0, 2, 3, 1).reshape(-1, 8).mean(0, keepdim=True)
+    torch.testing.assert_close(model.center, expected)
+    model.update_center(torch.full_like(scores, float("nan")))  # a non-finite batch leaves it alone
+    torch.testing.assert_close(model.center, expected)
+
+
+def test_initial_loss_of_the_default_model_is_near_the_reference():
+    torch.manual_seed(0)
+    model = SlotCon()  # R50, 4096 hidden, 256 prototypes: the reference reports ~7.58 at init
+    crops, coords, flags = _batch(b=4, size=224)
+    with torch.no_grad():
+        loss = model(crops, coords, flags)["loss"].item()
+    assert loss == pytest.approx(7.58, abs=0.15)
+
+
+def test_teacher_copy_scores_like_the_model_teacher():
+    model = _small().eval()
+    teacher = SlotConTeacher.from_slotcon(model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model.grouping_k.scores(model.projector_k(model.encoder_k(x)))
+    torch.testing.assert_close(teacher(x), expected)
+    assert set(teacher.state_dict()) == {k for k in model.state_dict() if k.endswith("_k") or "_k." in k}

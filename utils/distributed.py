@@ -1,0 +1,57 @@
+"""Process-group setup: torchrun (DDP, NCCL on GPU, gloo on CPU) or a plain single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None) -> DistInfo:
+    """Join the torchrun process group if launched by torchrun, else run as one process.
+
+    ``device``: "cuda", "cpu", or None for CUDA when available. Under torchrun each process takes
+    GPU ``LOCAL_RANK``; the backend is NCCL on GPU and gloo on CPU.
+    """
+    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if want_cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(0, 0, 1, torch.device(device or ("cuda" if want_cuda else "cpu")))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world,
+                            **({"device_id": dev} if want_cuda else {}))
+    return DistInfo(rank, local_rank, world, dev)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (the numbers themselves without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
