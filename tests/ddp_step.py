@@ -15,10 +15,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import SlotCon  # noqa: E402
-from models.norm import convert_to_sync_batchnorm  # noqa: E402
-from utils.distributed import all_reduce_sum, init_distributed  # noqa: E402
-from utils.lars import LARS  # noqa: E402
+from models import SlotCon
+from models.norm import convert_to_sync_batchnorm
+from utils.distributed import all_reduce_sum, init_distributed
+from utils.lars import LARS
 
 BATCH, SIZE = 8, 64
 

@@ -29,9 +29,9 @@ def _small(**kw) -> SlotCon:
 
 def test_teacher_starts_as_student_and_gets_no_gradients():
     model = _small()
-    for prefix_q, prefix_k in (("encoder_q", "encoder_k"), ("projector_q", "projector_k"), ("grouping_q", "grouping_k")):
-        student = dict(getattr(model, prefix_q).named_parameters())
-        for name, p in getattr(model, prefix_k).named_parameters():
+    for part in ("encoder", "projector", "grouping"):
+        student = dict(getattr(model, f"{part}_q").named_parameters())
+        for name, p in getattr(model, f"{part}_k").named_parameters():
             assert torch.equal(p, student[name]) and not p.requires_grad
 
 

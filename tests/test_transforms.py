@@ -66,7 +66,7 @@ def test_crop_area_and_aspect_follow_the_distribution():
         ratios.append(box.width / box.height)
         assert 0 <= box.x1 < box.x2 <= 640 and 0 <= box.y1 < box.y2 <= 480
     assert min(areas) == pytest.approx(0.08, abs=0.01)
-    assert 3 / 4 - 0.02 <= min(ratios) and max(ratios) <= 4 / 3 + 0.02
+    assert min(ratios) >= 3 / 4 - 0.02 and max(ratios) <= 4 / 3 + 0.02
     assert np.median(np.log(ratios)) == pytest.approx(0.0, abs=0.05)
 
 
