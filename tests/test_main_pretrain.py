@@ -103,3 +103,20 @@ def test_sigkill_then_auto_resume_reproduces_every_loss(image_dir, tmp_path):
     final_b = load_checkpoint(out / "current.pth")["model"]
     for key in ("module.center", "module.encoder_k.conv1.weight", "module.predictor_slot.mlp.0.weight"):
         torch.testing.assert_close(final_b[key], final_a[key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_recipe_script_runs_with_overrides(tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "train2017").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(np.full((64, 80, 3), i * 30, dtype=np.uint8)).save(coco / "train2017" / f"{i:012d}.jpg")
+    env = {**os.environ, "PYTHON": sys.executable, "GPUS": "0", "DATA_DIR": str(coco), "OUTPUT_DIR": str(tmp_path / "out")}
+    small = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--dim-hidden", "32", "--epochs", "1",
+             "--warmup-epoch", "0", "--num-workers", "0", "--no-fp16", "--no-tensorboard"]
+    done = subprocess.run(["bash", "scripts/slotcon_coco_r50_800ep.sh", *small], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["dataset"] == "COCO" and config["optimizer"] == "lars" and config["num_prototypes"] == 256
+    assert config["arch"] == "resnet18" and config["epochs"] == 1 and config["save_freq"] == 50

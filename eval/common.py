@@ -1,0 +1,245 @@
+"""Shared pieces of the evaluations: building the model, command-line options, batched feature extraction.
+
+BatchNorm: every model, trained or random, is evaluated with BN in eval mode (running statistics). A
+random-init network's running statistics are the defaults (mean 0, variance 1), so its BN layers reduce to
+their affine part instead of normalising with the test batch's statistics. That is the fair choice: no
+model sees test-batch statistics, and an image's features never depend on which images share its batch.
+
+All dense evaluations use the teacher's backbone C5 map (stride 32), extracted once per split; the
+prototype scores are recomputed from it (``projector_k`` then ``grouping_k``), which is exactly
+``SlotConTeacher.forward``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from eval.datasets import DATASETS, build_dataset
+from models.slotcon import SlotConTeacher
+from utils.checkpoint import load_teacher
+
+RANDOM = "random"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# SlotCon's default network; a random model uses these unless told otherwise.
+DEFAULT_CONFIG: dict[str, Any] = {"arch": "resnet50", "dim_hidden": 4096, "dim_out": 256, "num_prototypes": 256,
+                                  "teacher_temp": 0.07}
+
+
+class Batch(NamedTuple):
+    """C5 features [B, C, h, w] float, semantic [B, H, W] uint8, instance [B, H, W] uint8 or None."""
+
+    c5: Tensor
+    semantic: Tensor
+    instance: Tensor | None
+
+
+@dataclass
+class SplitFeatures:
+    """A whole split's C5 features and label maps, kept on the CPU so the evaluations reuse one pass."""
+
+    c5: Tensor
+    semantic: Tensor
+    instance: Tensor | None
+    num_classes: int
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return self.c5.shape[0]
+
+    def batches(self, batch_size: int, device: torch.device, order: Tensor | None = None) -> Iterator[Batch]:
+        """Batches moved to ``device``, in ``order`` (a permutation of the indices) or in index order."""
+        order = torch.arange(len(self)) if order is None else order
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            yield Batch(self.c5[idx].to(device, non_blocking=True), self.semantic[idx].to(device),
+                        None if self.instance is None else self.instance[idx].to(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a valid torch device (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def build_model(checkpoint: str, config: dict[str, Any] | None = None, seed: int = 0,
+                device: torch.device | str = "cpu", student: bool = False) -> SlotConTeacher:
+    """The teacher network of a checkpoint (ours or official), or ``"random"``: a seeded random init of
+    ``config`` (``SlotConTeacher.build`` arguments; missing ones from ``DEFAULT_CONFIG``). Always in eval mode.
+    """
+    if checkpoint == RANDOM:
+        # A private RNG stream: the same seed gives the same weights whatever ran before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SlotConTeacher.build(**{**DEFAULT_CONFIG, **(config or {})})
+    else:
+        model = load_teacher(checkpoint, student=student)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def normalise(images: Tensor) -> Tensor:
+    """uint8 [B, 3, H, W] -> float, scaled to [0, 1] and standardised with the ImageNet mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def base_dataset(dataset: Dataset) -> Any:
+    """The dataset under a ``--max-images`` ``Subset`` (it carries ``num_classes``, ``class_names``...)."""
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def _collate(samples: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tensor, Tensor, Tensor | None]:
+    images, semantic, instance = zip(*samples, strict=True)
+    has_instances = instance[0] is not None
+    return torch.stack(images), torch.stack(semantic), torch.stack(instance) if has_instances else None
+
+
+@torch.no_grad()
+def backbone_batches(model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device,
+                     workers: int = 0) -> Iterator[Batch]:
+    """Run the teacher backbone over ``dataset`` in batches; labels come along, all on ``device``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    for images, semantic, instance in loader:
+        c5 = model.encoder_k(normalise(images.to(device, non_blocking=True)))
+        yield Batch(c5.float(), semantic.to(device), None if instance is None else instance.to(device))
+
+
+def extract_features(model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device,
+                     workers: int = 0) -> SplitFeatures:
+    """C5 features and labels of a whole split, gathered on the CPU."""
+    parts = [Batch(b.c5.cpu(), b.semantic.cpu(), None if b.instance is None else b.instance.cpu())
+             for b in backbone_batches(model, dataset, batch_size, device, workers)]
+    if not parts:
+        raise ValueError("the dataset split is empty")
+    instance = None if parts[0].instance is None else torch.cat([p.instance for p in parts])
+    source = base_dataset(dataset)
+    return SplitFeatures(torch.cat([p.c5 for p in parts]), torch.cat([p.semantic for p in parts]), instance,
+                         source.num_classes, list(source.class_names))
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
+    """Options naming the model(s) and, for ``random``, its configuration."""
+    if multiple:
+        parser.add_argument("--checkpoints", nargs="+", required=True, metavar="PATH|random",
+                            help="checkpoints to evaluate (ours or official), or 'random' for a random init")
+    else:
+        parser.add_argument("--checkpoint", required=True, metavar="PATH|random",
+                            help="a SlotCon checkpoint (ours or official), or 'random' for a random init")
+    parser.add_argument("--student", action="store_true", help="evaluate the student's weights, not the teacher's")
+    group = parser.add_argument_group("random model (ignored for checkpoint files)")
+    group.add_argument("--arch", default=None, help=f"backbone (default {DEFAULT_CONFIG['arch']})")
+    group.add_argument("--dim-hidden", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_hidden']}")
+    group.add_argument("--dim-out", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_out']}")
+    group.add_argument("--num-prototypes", type=int, default=None,
+                       help=f"default {DEFAULT_CONFIG['num_prototypes']}")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random init and of the linear probe")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Dataset, preprocessing, device and output options."""
+    parser.add_argument("--dataset", choices=DATASETS, default="demo")
+    parser.add_argument("--data-dir", default="demo_data", help="dataset root (default: demo_data)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square input side (default: 128 for demo, 320 for cocostuff27)")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--output-json", default=None, help="also write the results to this JSON file")
+
+
+def random_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The explicitly given ``--arch`` / dims, for ``build_model``."""
+    given = {"arch": args.arch, "dim_hidden": args.dim_hidden, "dim_out": args.dim_out,
+             "num_prototypes": args.num_prototypes}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible sizes up front, naming the option."""
+    for name in ("batch_size", "max_images", "dim_hidden", "dim_out", "num_prototypes"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.image_size is not None and args.image_size < 32:
+        raise ValueError(f"--image-size must be at least 32 (the backbone's stride), got {args.image_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+
+
+def load_split(args: argparse.Namespace, split: str) -> Dataset:
+    """The ``split`` of ``--dataset``, cut to ``--max-images`` if given."""
+    dataset = build_dataset(args.dataset, args.data_dir, split, args.image_size)
+    if args.max_images is not None and args.max_images < len(dataset):
+        dataset = Subset(dataset, range(args.max_images))
+    if len(dataset) == 0:
+        raise ValueError(f"{args.data_dir}: the {split} split has no images")
+    return dataset
+
+
+def model_name(checkpoint: str) -> str:
+    """A short row label: ``random`` or the checkpoint's file name."""
+    return checkpoint if checkpoint == RANDOM else Path(checkpoint).name
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (NaN becomes null, so the file stays standard JSON)."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(payload), indent=2) + "\n")
+
+
+def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> str:
+    """A plain-text table: one row per model, metric values in percent."""
+    name_width = max(len("model"), *(len(name) for name in rows))
+    widths = [max(len(c), 6) for c in columns]
+    lines = ["  ".join(["model".ljust(name_width), *(c.rjust(w) for c, w in zip(columns, widths, strict=True))])]
+    for name, metrics in rows.items():
+        cells = [f"{100 * metrics[c]:.1f}" if metrics.get(c) is not None and math.isfinite(metrics[c]) else "-"
+                 for c in columns]
+        lines.append("  ".join([name.ljust(name_width), *(v.rjust(w) for v, w in zip(cells, widths, strict=True))]))
+    return "\n".join(lines)
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> int:
+    """Run ``main``; turn user-facing errors (bad files, options, data) into one ``prog: error:`` line."""
+    try:
+        return main()
+    except (ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2

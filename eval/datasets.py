@@ -1,0 +1,221 @@
+"""Evaluation datasets: the demo scenes and COCO-Stuff-27 (PiCIE's curated split).
+
+Every dataset yields ``(image, semantic, instance)``: a uint8 RGB tensor [3, S, S] (normalised later, on
+the device), a uint8 label map [S, S] with ``IGNORE_INDEX`` for unlabelled pixels, and a uint8
+instance map [S, S] (0 = none) or ``None`` where the dataset has no instances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from data.demo_scenes import DemoScenes
+
+IGNORE_INDEX = 255
+DATASETS = ("demo", "cocostuff27")
+DEFAULT_IMAGE_SIZE = {"demo": 128, "cocostuff27": 320}  # PiCIE / STEGO evaluate COCO-Stuff at 320
+
+Sample = tuple[Tensor, Tensor, Tensor | None]
+
+
+class EvalDataError(ValueError):
+    """A dataset that cannot be read; the message is one line meant for the user."""
+
+
+def image_to_tensor(image: Image.Image) -> Tensor:
+    """uint8 [3, H, W] from a PIL RGB image."""
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def resize_shorter_center_crop(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Scale so the shorter side is ``size`` (aspect kept), then cut the central ``size`` x ``size`` square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    # The shorter side is set exactly; rounding only ever touches the longer one.
+    new_width = size if width <= height else max(size, round(width * scale))
+    new_height = size if height < width else max(size, round(height * scale))
+    if (new_width, new_height) != (width, height):
+        image = image.resize((new_width, new_height), resample)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class DemoSegmentation(Dataset):
+    """The demo scenes: 11 classes (0 = background, 1..10 = Fashion-MNIST classes) and instance maps."""
+
+    has_instances = True
+
+    def __init__(self, root: str | Path, split: str, image_size: int) -> None:
+        self.scenes = DemoScenes(root, split)
+        self.image_size = image_size
+        self.class_names = ["background", *self.scenes.class_names]
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> Sample:
+        image, semantic, instance = self.scenes[index]
+        size = (self.image_size, self.image_size)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+            # Label maps are resampled nearest so every pixel keeps a real id.
+            semantic = np.asarray(Image.fromarray(semantic).resize(size, Image.Resampling.NEAREST))
+            instance = np.asarray(Image.fromarray(instance).resize(size, Image.Resampling.NEAREST))
+        return image_to_tensor(image), torch.from_numpy(semantic.copy()), torch.from_numpy(instance.copy())
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO-Stuff: 182 fine classes -> 27 coarse classes (the 12 thing + 15 stuff supercategories)
+# ----------------------------------------------------------------------------------------------
+
+# COCO thing ids 1..91 in id order with their supercategory; the 11 ids COCO never annotated
+# (street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door, blender, hair brush) are kept
+# so that the table covers every value a label map can hold.
+_THINGS: tuple[tuple[str, str], ...] = (
+    ("person", "person"), ("bicycle", "vehicle"), ("car", "vehicle"), ("motorcycle", "vehicle"),
+    ("airplane", "vehicle"), ("bus", "vehicle"), ("train", "vehicle"), ("truck", "vehicle"), ("boat", "vehicle"),
+    ("traffic light", "outdoor"), ("fire hydrant", "outdoor"), ("street sign", "outdoor"), ("stop sign", "outdoor"),
+    ("parking meter", "outdoor"), ("bench", "outdoor"), ("bird", "animal"), ("cat", "animal"), ("dog", "animal"),
+    ("horse", "animal"), ("sheep", "animal"), ("cow", "animal"), ("elephant", "animal"), ("bear", "animal"),
+    ("zebra", "animal"), ("giraffe", "animal"), ("hat", "accessory"), ("backpack", "accessory"),
+    ("umbrella", "accessory"), ("shoe", "accessory"), ("eye glasses", "accessory"), ("handbag", "accessory"),
+    ("tie", "accessory"), ("suitcase", "accessory"), ("frisbee", "sports"), ("skis", "sports"),
+    ("snowboard", "sports"), ("sports ball", "sports"), ("kite", "sports"), ("baseball bat", "sports"),
+    ("baseball glove", "sports"), ("skateboard", "sports"), ("surfboard", "sports"), ("tennis racket", "sports"),
+    ("bottle", "kitchen"), ("plate", "kitchen"), ("wine glass", "kitchen"), ("cup", "kitchen"), ("fork", "kitchen"),
+    ("knife", "kitchen"), ("spoon", "kitchen"), ("bowl", "kitchen"), ("banana", "food"), ("apple", "food"),
+    ("sandwich", "food"), ("orange", "food"), ("broccoli", "food"), ("carrot", "food"), ("hot dog", "food"),
+    ("pizza", "food"), ("donut", "food"), ("cake", "food"), ("chair", "furniture"), ("couch", "furniture"),
+    ("potted plant", "furniture"), ("bed", "furniture"), ("mirror", "furniture"), ("dining table", "furniture"),
+    ("window", "furniture"), ("desk", "furniture"), ("toilet", "furniture"), ("door", "furniture"),
+    ("tv", "electronic"), ("laptop", "electronic"), ("mouse", "electronic"), ("remote", "electronic"),
+    ("keyboard", "electronic"), ("cell phone", "electronic"), ("microwave", "appliance"), ("oven", "appliance"),
+    ("toaster", "appliance"), ("sink", "appliance"), ("refrigerator", "appliance"), ("blender", "appliance"),
+    ("book", "indoor"), ("clock", "indoor"), ("vase", "indoor"), ("scissors", "indoor"), ("teddy bear", "indoor"),
+    ("hair drier", "indoor"), ("toothbrush", "indoor"), ("hair brush", "indoor"),
+)
+
+# COCO-Stuff's stuff hierarchy (indoor, then outdoor groups). Stuff ids 92..182 are the stuff names in
+# alphabetical order, so the ids follow from the names.
+_STUFF_GROUPS: dict[str, tuple[str, ...]] = {
+    "ceiling": ("ceiling-other", "ceiling-tile"),
+    "floor": ("carpet", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood"),
+    "food-stuff": ("food-other", "fruit", "salad", "vegetable"),
+    "furniture-stuff": ("cabinet", "counter", "cupboard", "desk-stuff", "door-stuff", "furniture-other", "light",
+                        "mirror-stuff", "shelf", "stairs", "table"),
+    "rawmaterial": ("cardboard", "metal", "paper", "plastic"),
+    "textile": ("banner", "blanket", "cloth", "clothes", "curtain", "mat", "napkin", "pillow", "rug",
+                "textile-other", "towel"),
+    "wall": ("wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood"),
+    "window": ("window-blind", "window-other"),
+    "building": ("bridge", "building-other", "house", "roof", "skyscraper", "tent"),
+    "ground": ("dirt", "gravel", "ground-other", "mud", "pavement", "platform", "playingfield", "railroad", "road",
+               "sand", "snow"),
+    "plant": ("branch", "bush", "flower", "grass", "leaves", "moss", "plant-other", "straw", "tree"),
+    "sky": ("clouds", "sky-other"),
+    "solid": ("hill", "mountain", "rock", "solid-other", "stone", "wood"),
+    "structural": ("cage", "fence", "net", "railing", "structural-other"),
+    "water": ("fog", "river", "sea", "water-other", "waterdrops"),
+}
+
+_THING_GROUPS = ("person", "vehicle", "outdoor", "animal", "accessory", "sports", "kitchen", "food", "furniture",
+                 "electronic", "appliance", "indoor")
+# Coarse ids: the 12 thing supercategories (0..11), then the 15 stuff ones (12..26).
+COCOSTUFF27_CLASSES: tuple[str, ...] = (*_THING_GROUPS, *_STUFF_GROUPS)
+_STUFF_OF = {name: group for group, names in _STUFF_GROUPS.items() for name in names}
+# Index = value in a COCO-Stuff label PNG (COCO id - 1, so 0..181); 255 = unlabelled.
+COCOSTUFF_FINE_CLASSES: tuple[str, ...] = (*(name for name, _ in _THINGS), *sorted(_STUFF_OF))
+COCOSTUFF_FINE_TO_COARSE: dict[int, int] = {
+    fine: COCOSTUFF27_CLASSES.index(dict(_THINGS).get(name) or _STUFF_OF[name])
+    for fine, name in enumerate(COCOSTUFF_FINE_CLASSES)
+}
+
+
+def cocostuff_coarse_lut() -> np.ndarray:
+    """uint8 lookup table of 256 entries: fine label value -> coarse id; anything else -> ``IGNORE_INDEX``."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for fine, coarse in COCOSTUFF_FINE_TO_COARSE.items():
+        lut[fine] = coarse
+    return lut
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as handle:
+            # A copy owns its pixels; the original is released when the file closes.
+            return handle.copy()
+    except FileNotFoundError:
+        raise EvalDataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise EvalDataError(f"{path}: cannot read image ({exc})") from None
+
+
+class CocoStuff27(Dataset):
+    """COCO-Stuff-27 in PiCIE's curated layout, under ``root``::
+
+        curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt   one image id per line
+        images/{train2017,val2017}/ID.jpg
+        annotations/{train2017,val2017}/ID.png                        fine COCO-Stuff ids 0..181, 255 unlabelled
+
+    Split "train" reads train2017, "eval" val2017. Images and labels are resized (shorter side to
+    ``image_size``; bilinear / nearest) and centre-cropped to a square.
+    """
+
+    has_instances = False
+    split_dirs: ClassVar[dict[str, str]] = {"train": "train2017", "eval": "val2017"}
+    list_name = "Coco164kFull_Stuff_Coarse_7.txt"
+
+    def __init__(self, root: str | Path, split: str, image_size: int) -> None:
+        if split not in self.split_dirs:
+            raise EvalDataError(f"split must be one of {tuple(self.split_dirs)}, got {split!r}")
+        self.root = Path(root)
+        self.folder = self.split_dirs[split]
+        self.image_size = image_size
+        self.class_names = list(COCOSTUFF27_CLASSES)
+        self.num_classes = len(self.class_names)
+        self.lut = cocostuff_coarse_lut()
+        list_file = self.root / "curated" / self.folder / self.list_name
+        try:
+            self.ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        except OSError:
+            raise EvalDataError(f"{list_file}: cannot read the curated image list (expected PiCIE's layout)") from None
+        if not self.ids:
+            raise EvalDataError(f"{list_file}: lists no images")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        image = _open_image(self.root / "images" / self.folder / f"{image_id}.jpg").convert("RGB")
+        label_path = self.root / "annotations" / self.folder / f"{image_id}.png"
+        fine = np.asarray(_open_image(label_path))
+        if fine.ndim != 2 or fine.dtype != np.uint8:
+            raise EvalDataError(f"{label_path}: expected a single-channel uint8 label map, got {fine.dtype} "
+                                f"{fine.shape}")
+        if fine.shape[::-1] != image.size:
+            raise EvalDataError(f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is "
+                                f"{image.size[0]}x{image.size[1]}")
+        # Mapping first is exact: nearest resampling only moves label values around.
+        coarse = Image.fromarray(self.lut[fine])
+        image = resize_shorter_center_crop(image, self.image_size, Image.Resampling.BILINEAR)
+        coarse = resize_shorter_center_crop(coarse, self.image_size, Image.Resampling.NEAREST)
+        return image_to_tensor(image), torch.from_numpy(np.array(coarse, dtype=np.uint8)), None
+
+
+def build_dataset(name: str, root: str | Path, split: str, image_size: int | None = None) -> Dataset:
+    """The evaluation dataset ``name`` (one of ``DATASETS``) at ``image_size`` (default: per dataset)."""
+    if name not in DATASETS:
+        raise EvalDataError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+    if size <= 0:
+        raise EvalDataError(f"--image-size must be positive, got {size}")
+    return DemoSegmentation(root, split, size) if name == "demo" else CocoStuff27(root, split, size)
