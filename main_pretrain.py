@@ -67,6 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="mixed precision (default: on for CUDA, off on CPU)")
     g.add_argument("--amp-dtype", default="bfloat16", choices=["float16", "bfloat16"],
                    help="autocast dtype with --fp16; float16 adds a GradScaler as the reference does")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbones and projectors")
     g.add_argument("--start-epoch", type=int, default=1)
     g.add_argument("--epochs", type=int, default=800)
 
@@ -164,6 +165,9 @@ def main(args: argparse.Namespace) -> None:
                     group_loss_weight=args.group_loss_weight).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        for part in (model.encoder_q, model.encoder_k, model.projector_q, model.projector_k):
+            part.compile()  # in place: parameter names stay those of the checkpoint
     if info.distributed:
         model = convert_to_sync_batchnorm(model, use_torch_sync=device.type == "cuda")
     bare_model = model
@@ -292,14 +296,16 @@ def train_one_epoch(model, bare_model: SlotCon, loader, augment: BatchAugment, o
             values = {k: float(v) / window_iters for k, v in meters.items()}
             imgs_per_s = window_iters * args.batch_size / max(elapsed, 1e-9)
             eta = (len(lr_schedule) - state.iteration) * elapsed / window_iters
+            memory_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
             logger.info("Train: [%d/%d][%d/%d] eta %s lr %.6f momentum %.6f loss %.4f (group %.4f slot %.4f) "
-                        "active %.1f img/s %.1f", epoch, args.epochs, batch_index + 1, iters_per_epoch,
+                        "active %.1f img/s %.1f mem %.1fG", epoch, args.epochs, batch_index + 1, iters_per_epoch,
                         datetime.timedelta(seconds=int(eta)), lr_schedule[it], momentum_schedule[it],
                         values["loss"], values["loss_group"], values["loss_slot"], values["active_slots"],
-                        imgs_per_s)
+                        imgs_per_s, memory_gib)
             if info.is_main:
                 record = {"iteration": it, "epoch": epoch, "lr": float(lr_schedule[it]),
-                          "momentum": float(momentum_schedule[it]), "img_per_s": imgs_per_s, **values}
+                          "momentum": float(momentum_schedule[it]), "img_per_s": imgs_per_s,
+                          "max_memory_gib": memory_gib, **values}
                 with open(Path(args.output_dir) / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if writer is not None:

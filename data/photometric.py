@@ -74,7 +74,8 @@ def sample_params(cfg: ViewAugmentation, batch: int, generator: torch.Generator,
         uniform(1 - cfg.saturation, 1 + cfg.saturation, batch),
         uniform(-cfg.hue, cfg.hue, batch),
     ], dim=1)
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
+    identity = torch.ones(4, device=device)
+    identity[HUE] = 0.0
     factors = torch.where(jitter, factors, identity)
     order = torch.rand(batch, 4, generator=generator, device=device).argsort(dim=1)
     grayscale = bernoulli(cfg.grayscale_prob)

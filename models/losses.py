@@ -25,9 +25,9 @@ def align_to_overlap(scores: Tensor, boxes: Tensor, flipped: Tensor) -> Tensor:
     index the same image points. An empty or inverted box (crops that do not overlap) gives zeros.
     """
     b, _, h, w = scores.shape
-    scale = boxes.new_tensor([w, h, w, h])
-    batch_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None]
-    rois = torch.cat([batch_index, boxes * scale], dim=1).to(torch.float32)
+    x1, y1, x2, y2 = boxes.float().unbind(dim=1)  # scaled with Python numbers: no host-to-device copy
+    batch_index = torch.arange(b, device=boxes.device, dtype=torch.float32)
+    rois = torch.stack([batch_index, x1 * w, y1 * h, x2 * w, y2 * h], dim=1)
     aligned = roi_align(scores.float(), rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=-1,
                         aligned=True)
     return torch.where(flipped.view(b, 1, 1, 1), aligned.flip(-1), aligned)

@@ -43,8 +43,8 @@ class MaskedSyncBatchNorm(nn.BatchNorm1d):
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
         xf = x.float()
         if mask is None:
-            weight = torch.ones((), device=x.device)
-            count = torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device)
+            weight = xf.new_ones(())
+            count = xf.new_full((), xf.numel() // xf.shape[1])
         else:
             weight = mask.to(xf.dtype).view(-1, *[1] * (x.dim() - 1))
             count = weight.sum() * (xf.numel() // (xf.shape[0] * xf.shape[1]))

@@ -73,7 +73,7 @@ class SlotCon(nn.Module):
     def update_center(self, teacher_scores: Tensor) -> None:
         """c <- m c + (1 - m) mean over all pixels of all ranks of the raw (unaligned) teacher scores."""
         rows = teacher_scores.permute(0, 2, 3, 1).reshape(-1, teacher_scores.shape[1]).float()
-        total = torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])])
+        total = torch.cat([rows.sum(dim=0), rows.new_full((1,), rows.shape[0])])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)

@@ -38,9 +38,10 @@ class LARS(Optimizer):
             if adapted:
                 weights = [params[i] for i in adapted]
                 steps = torch._foreach_add([updates[i] for i in adapted], weights, alpha=group["weight_decay"])
-                norms = zip(torch._foreach_norm(weights), torch._foreach_norm(steps), strict=True)
-                trust = [torch.where((w > 0) & (s > 0), group["eta"] * w / s, 1.0) for w, s in norms]
-                torch._foreach_mul_(steps, trust)
+                w_norm = torch.stack(torch._foreach_norm(weights))
+                s_norm = torch.stack(torch._foreach_norm(steps))
+                trust = torch.where((w_norm > 0) & (s_norm > 0), group["eta"] * w_norm / s_norm, 1.0)
+                torch._foreach_mul_(steps, list(trust.unbind()))
                 for i, step in zip(adapted, steps, strict=True):
                     updates[i] = step
             buffers = []

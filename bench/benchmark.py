@@ -1,0 +1,288 @@
+"""Throughput and memory of SlotCon pretraining, as JSON lines (one per measurement).
+
+Modes (``--modes``, comma-separated):
+  step     model step on synthetic, already-augmented crops: teacher EMA, forward, backward, optimizer
+  augment  the batched photometric augmentation alone (uint8 crops already on the device)
+  data     the CPU input pipeline alone: JPEG decode + two crops per image in DataLoader workers
+  e2e      ``main_pretrain.py`` itself, from JPEG files, read back from its metrics.jsonl
+  check    losses of the same weights and batch on the CPU and on --device agree (fp32)
+
+Example (the numbers in BENCHMARKS.md):
+  python bench/benchmark.py --device cuda --modes step,augment,data,e2e --arch resnet50 --image-size 224 \\
+      --batch-size 128 --dim-hidden 4096 --num-prototypes 256 --num-workers 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.datasets import TwoViewDataset, collate_two_views, list_images  # noqa: E402
+from data.photometric import BatchAugment  # noqa: E402
+from data.sampler import ResumableSampler  # noqa: E402
+from data.transforms import TwoViewCrop  # noqa: E402
+from models import SlotCon  # noqa: E402
+from utils.lars import LARS  # noqa: E402
+
+
+def get_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modes", default="step,augment,data")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dim-hidden", type=int, default=1024)
+    p.add_argument("--num-prototypes", type=int, default=64)
+    p.add_argument("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16", "none"],
+                   help="auto: bfloat16 on CUDA, none on CPU")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--jpeg-dir", default=None, help="folder of JPEGs (default: generated 640x480 photos)")
+    p.add_argument("--num-images", type=int, default=512)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--e2e-epochs", type=int, default=1)
+    p.add_argument("--output", default=None, help="append the JSON lines to this file too")
+    return p.parse_args()
+
+
+def emit(record: dict, args: argparse.Namespace) -> None:
+    record = {"date": time.strftime("%Y-%m-%d"), "device": device_name(args.device), **record}
+    line = json.dumps(record)
+    print(line, flush=True)
+    if args.output:
+        with open(args.output, "a") as f:
+            f.write(line + "\n")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def config(args: argparse.Namespace) -> dict:
+    return {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+            "dim_hidden": args.dim_hidden, "num_prototypes": args.num_prototypes, "amp": amp_dtype(args),
+            "channels_last": not args.no_channels_last, "compile": args.compile}
+
+
+def amp_dtype(args: argparse.Namespace) -> str:
+    if args.amp_dtype == "auto":
+        return "bfloat16" if args.device.startswith("cuda") else "none"
+    return args.amp_dtype
+
+
+def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
+    torch.manual_seed(0)
+    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).to(device)
+    if not args.no_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        for part in (model.encoder_q, model.encoder_k, model.projector_q, model.projector_k):
+            part.compile()
+    return model
+
+
+def synthetic_batch(args: argparse.Namespace, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    b, s = args.batch_size, args.image_size
+    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    crops = [torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt) for _ in range(2)]
+    corner = [torch.rand(b, 2, generator=g) * 0.4 for _ in range(2)]
+    boxes = [torch.cat([c, c + 0.5], dim=1).to(device) for c in corner]
+    flags = [(torch.rand(b, generator=g) < 0.5).to(device) for _ in range(2)]
+    return crops, boxes, flags
+
+
+def bench_step(args: argparse.Namespace, device: torch.device) -> None:
+    model = build_model(args, device)
+    optimizer = LARS([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=1e-5)
+    dtype = amp_dtype(args)
+    autocast = torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "none" else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+    crops, boxes, flags = synthetic_batch(args, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        synchronize(device)
+        start = time.perf_counter()
+        model.update_teacher(0.996)
+        with autocast:
+            out = model(crops, boxes, flags)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(out["loss"]).backward()
+        if not torch.isfinite(out["loss"]).item():  # the training loop's one sync per step
+            continue
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+        synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step = float(np.median(times))
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    emit({"mode": "step", **config(args), "step_s": round(step, 4), "img_per_s": round(args.batch_size / step, 1),
+          "peak_memory_gib": None if memory is None else round(memory, 2), "loss": out["loss"].item(),
+          "host_syncs_in_forward": count_host_syncs(model, autocast, crops, boxes, flags, device)}, args)
+
+
+def count_host_syncs(model, autocast, crops, boxes, flags, device: torch.device) -> int | None:
+    """How many times one forward pass (all losses included) makes the host wait for the GPU."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with autocast:
+                model(crops, boxes, flags)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
+    augment = BatchAugment(device, base_seed=0)
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, args.image_size, args.image_size, 3)
+    crops = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).to(device).permute(0, 3, 1, 2)
+             for _ in range(2)]
+    times = []
+    for i in range(args.warmup + args.steps):
+        synchronize(device)
+        start = time.perf_counter()
+        augment.seed(i)
+        augment(crops)
+        synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step = float(np.median(times))
+    emit({"mode": "augment", "image_size": args.image_size, "batch_size": args.batch_size,
+          "img_per_s": round(args.batch_size / step, 1)}, args)
+
+
+def _write_photo(path_and_seed: tuple[str, int]) -> None:
+    """A 640x480 photo-like JPEG: smooth colour blobs plus sensor-like noise, ~120 KB."""
+    path, seed = path_and_seed
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 255, (15, 20, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+    pixels = np.asarray(base, dtype=np.float32) + rng.normal(0, 12, (480, 640, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def jpeg_folder(args: argparse.Namespace) -> Path:
+    if args.jpeg_dir and Path(args.jpeg_dir).is_dir() and any(Path(args.jpeg_dir).glob("*.jpg")):
+        return Path(args.jpeg_dir)
+    folder = Path(args.jpeg_dir or tempfile.mkdtemp(prefix="slotcon_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(folder / f"{i:05d}.jpg"), i) for i in range(args.num_images)]
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        pool.map(_write_photo, jobs, chunksize=16)
+    return folder
+
+
+def bench_data(args: argparse.Namespace, device: torch.device) -> None:
+    files = list_images("folder", jpeg_folder(args))
+    dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, 0.08))
+    sampler = ResumableSampler(len(files), args.batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=args.num_workers, collate_fn=collate_two_views,
+                                         pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    images, start = 0, None
+    for epoch in range(1, 100):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            if start is None:  # the first batch pays for starting the workers
+                start = time.perf_counter()
+                continue
+            images += batch["crops"][0].shape[0]
+        if images >= args.batch_size * max(args.steps, 2 * args.num_workers):
+            break
+    rate = images / (time.perf_counter() - start)
+    emit({"mode": "data", "image_size": args.image_size, "num_workers": args.num_workers,
+          "img_per_s": round(rate, 1), "img_per_s_per_worker": round(rate / max(args.num_workers, 1), 1)}, args)
+
+
+def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
+    folder = jpeg_folder(args)
+    out = Path(tempfile.mkdtemp(prefix="slotcon_e2e_"))
+    iters = len(list_images("folder", folder)) // args.batch_size
+    print_freq = max(iters // 4, 1)
+    cmd = [sys.executable, str(ROOT / "main_pretrain.py"), "--dataset", "folder", "--data-dir", str(folder),
+           "--output-dir", str(out), "--arch", args.arch, "--image-size", str(args.image_size),
+           "--batch-size", str(args.batch_size), "--dim-hidden", str(args.dim_hidden),
+           "--num-prototypes", str(args.num_prototypes), "--optimizer", "lars", "--epochs", str(args.e2e_epochs),
+           "--warmup-epoch", "0", "--num-workers", str(args.num_workers), "--print-freq", str(print_freq),
+           "--save-every-minutes", "0", "--no-tensorboard", "--device", device.type]
+    dtype = amp_dtype(args)
+    cmd += ["--no-fp16"] if dtype == "none" else ["--fp16", "--amp-dtype", dtype]
+    cmd += ["--compile"] if args.compile else []
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = records[1:] or records  # the first window includes start-up and cudnn autotuning
+    emit({"mode": "e2e", **config(args), "num_workers": args.num_workers, "windows": len(steady),
+          "img_per_s": round(float(np.mean([r["img_per_s"] for r in steady])), 1),
+          "peak_memory_gib": round(max(r["max_memory_gib"] for r in records), 2)}, args)
+
+
+def check_devices(args: argparse.Namespace, device: torch.device) -> None:
+    """The same weights and batch give the same losses on the CPU and on ``device`` (fp32, eval-free)."""
+    results = {}
+    for dev in (torch.device("cpu"), device):
+        model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes)
+        model.load_state_dict(build_model_state(args))
+        model = model.to(dev)
+        crops, boxes, flags = synthetic_batch(args, dev, seed=1)
+        with torch.no_grad():
+            out = model(crops, boxes, flags)
+        results[dev.type] = {k: out[k].item() for k in ("loss", "loss_group", "loss_slot")}
+    emit({"mode": "check", **config(args), "cpu": results["cpu"], device.type: results[device.type]}, args)
+
+
+def build_model_state(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    return SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).state_dict()
+
+
+def main() -> None:
+    args = get_args()
+    device = torch.device(args.device)
+    runners = {"step": bench_step, "augment": bench_augment, "data": bench_data, "e2e": bench_e2e,
+               "check": check_devices}
+    for mode in args.modes.split(","):
+        if mode not in runners:
+            raise SystemExit(f"--modes: unknown mode {mode!r}; choose from {', '.join(runners)}")
+        runners[mode](args, device)
+
+
+if __name__ == "__main__":
+    main()
