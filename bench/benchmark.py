@@ -108,9 +108,9 @@ def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
     return model
 
 
-def synthetic_batch(args: argparse.Namespace, device: torch.device, seed: int = 0):
+def synthetic_batch(args: argparse.Namespace, device: torch.device, seed: int = 0, batch: int | None = None):
     g = torch.Generator().manual_seed(seed)
-    b, s = args.batch_size, args.image_size
+    b, s = batch or args.batch_size, args.image_size
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     crops = [torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt) for _ in range(2)]
     corner = [torch.rand(b, 2, generator=g) * 0.4 for _ in range(2)]
@@ -261,7 +261,7 @@ def check_devices(args: argparse.Namespace, device: torch.device) -> None:
         model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes)
         model.load_state_dict(build_model_state(args))
         model = model.to(dev)
-        crops, boxes, flags = synthetic_batch(args, dev, seed=1)
+        crops, boxes, flags = synthetic_batch(args, dev, seed=1, batch=min(args.batch_size, 8))
         with torch.no_grad():
             out = model(crops, boxes, flags)
         results[dev.type] = {k: out[k].item() for k in ("loss", "loss_group", "loss_slot")}
