@@ -1,0 +1,117 @@
+"""The pretrained ResNet inside a SlotCon checkpoint, checked and ready for a transfer converter.
+
+Both converters (detectron2 and mmsegmentation) and the torchvision Mask R-CNN helper start here: load the
+checkpoint safely, take the teacher (``encoder_k``, what SlotCon transfers) or the student (``encoder_q``),
+and make sure it is a complete plain ResNet-18/34/50/101/152 before anything is written. A wrong file
+fails with one line that names it, not with a key error deep inside a detection library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+# Scripts in transfer/ are run by path (python transfer/detection/convert_pretrain_to_d2.py); make the
+# repository's packages importable in that case too.
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from utils.checkpoint import CheckpointError, backbone_state_dict, load_checkpoint  # noqa: E402
+
+# (bottleneck blocks?, blocks per stage) -> depth; the plain ResNets detectron2 and mmseg can build.
+_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
+    (False, (2, 2, 2, 2)): 18,
+    (False, (3, 4, 6, 3)): 34,
+    (True, (3, 4, 6, 3)): 50,
+    (True, (3, 4, 23, 3)): 101,
+    (True, (3, 8, 36, 3)): 152,
+}
+SUPPORTED_DEPTHS = tuple(sorted(_DEPTHS.values()))
+
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def network_name(student: bool) -> str:
+    """How summaries and errors name the exported network."""
+    return "student (encoder_q)" if student else "teacher (encoder_k)"
+
+
+def reference_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of torchvision's ResNet-``depth`` without its classifier (built on the meta device, free)."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def infer_depth(state: dict[str, Tensor]) -> int:
+    """The ResNet depth whose block layout matches the keys of ``state``; ValueError if none does."""
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    per_stage = tuple(len(blocks.get(stage, ())) for stage in (1, 2, 3, 4))
+    bottleneck = "layer1.0.conv3.weight" in state
+    depth = _DEPTHS.get((bottleneck, per_stage))
+    if depth is None:
+        kind = "Bottleneck" if bottleneck else "BasicBlock"
+        raise ValueError(f"blocks per stage {list(per_stage)} ({kind}) is not a ResNet-"
+                         f"{'/'.join(map(str, SUPPORTED_DEPTHS))}")
+    return depth
+
+
+def check_resnet(state: dict[str, Tensor], depth: int) -> None:
+    """ValueError unless ``state`` has exactly the names and shapes of torchvision's ResNet-``depth``."""
+    expected = reference_resnet_shapes(depth)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"not a complete ResNet-{depth}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    wrong = [k for k, shape in expected.items() if tuple(state[k].shape) != shape]
+    if wrong:
+        # Same names, other shapes: a wide ResNet or a ResNeXt, which the transfer configs do not build.
+        raise ValueError(f"{len(wrong)} tensors do not have ResNet-{depth} shapes (e.g. {wrong[0]}: "
+                         f"{tuple(state[wrong[0]].shape)} vs {expected[wrong[0]]}); only plain ResNets are supported")
+
+
+def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tuple[dict[str, Tensor], int]:
+    """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth.
+
+    Raises ``SystemExit`` with a one-line message naming ``path`` for anything that is not a full SlotCon
+    checkpoint of a plain ResNet (ours or an official one).
+    """
+    try:
+        checkpoint = load_checkpoint(path)
+        state = backbone_state_dict(checkpoint, student=student)
+    except CheckpointError as e:
+        message = str(e)
+        raise SystemExit(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        depth = infer_depth(state)
+        check_resnet(state, depth)
+    except ValueError as e:
+        raise SystemExit(f"{path}: {network_name(student)} backbone: {e}") from None
+    arch = (checkpoint.get("args") or {}).get("arch")
+    if arch is not None and arch != f"resnet{depth}":
+        raise SystemExit(f"{path}: args say arch={arch!r} but the weights are a ResNet-{depth}")
+    return state, depth
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """The output path, after checking that its folder exists (one-line error otherwise)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SystemExit(f"{path}: output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SystemExit(f"{path}: is a folder; give a file name")
+    return path
