@@ -204,6 +204,9 @@ def main(args: argparse.Namespace) -> None:
     state = TrainState(iteration=progress["iteration"])
 
     start_epoch = progress["epoch"] + 1
+    if start_epoch > args.epochs and info.is_main:
+        logger.info("the checkpoint has finished all %d epochs: nothing to train (raise --epochs to continue, "
+                    "or use a new --output-dir to start over)", args.epochs)
     for epoch in range(start_epoch, args.epochs + 1):
         start_batch = state.iteration - (epoch - 1) * iters_per_epoch
         sampler.set_epoch(epoch, start_batch=start_batch)
@@ -251,6 +254,7 @@ def train_one_epoch(model, bare_model: SlotCon, loader, augment: BatchAugment, o
         boxes = [b.to(device, non_blocking=True) for b in batch["boxes"]]
         flipped = [f.to(device, non_blocking=True) for f in batch["flipped"]]
 
+        center_before = bare_model.center.clone()  # restored if this step turns out non-finite
         with autocast:
             out = model(crops, boxes, flipped)
         loss = out["loss"]
@@ -272,8 +276,9 @@ def train_one_epoch(model, bare_model: SlotCon, loader, augment: BatchAugment, o
                              f"(> {args.max_bad_image_fraction:.1%}); check --data-dir {args.data_dir} "
                              f"and the log for their paths")
         if nonfinite:
+            bare_model.center.copy_(center_before)
             state.nonfinite_in_a_row += 1
-            logger.warning("iteration %d: non-finite loss; skipped the optimizer and teacher updates (%d in a row)",
+            logger.warning("iteration %d: non-finite loss; skipped the optimizer, EMA and centre updates (%d in a row)",
                            it, state.nonfinite_in_a_row)
             if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
                 raise SystemExit(f"{state.nonfinite_in_a_row} non-finite losses in a row at iteration {it}; "
@@ -334,6 +339,9 @@ class Saver:
         self.output = Path(args.output_dir)
         self.current = self.output / "current.pth"
         self.last_save = time.time()
+        if info.is_main:  # a process killed while saving leaves its temp file behind; the target is intact
+            for stale in self.output.glob(".*.pth.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def due(self) -> bool:
         minutes = self.args.save_every_minutes
