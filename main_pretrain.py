@@ -31,6 +31,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict,
 from utils.distributed import DistInfo, all_reduce_sum, init_distributed
 from utils.lars import LARS
 from utils.logger import setup_logger
+from utils.monitor import Monitor
 from utils.schedules import teacher_momentum, warmup_cosine_lr
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR1 after saving; requeue the job to continue
@@ -88,6 +89,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-nonfinite-steps", type=int, default=10,
                    help="stop after this many consecutive non-finite losses")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--tb-image-freq", type=int, default=1,
+                   help="log the teacher's prototype maps of 8 fixed images every N epochs (0: never)")
+    g.add_argument("--eval-data", default=None, help="demo scenes root: score unsupervised segmentation online")
+    g.add_argument("--eval-freq", type=int, default=5, help="with --eval-data, evaluate every N epochs")
     g.add_argument("--inject-nan-at", type=int, nargs="*", default=[], help=argparse.SUPPRESS)  # fault tests
     return p
 
@@ -199,6 +204,9 @@ def main(args: argparse.Namespace) -> None:
                     total_iters, lr)
         (Path(args.output_dir) / "config.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
     writer = make_writer(args, info)
+    monitor = None
+    if writer is not None:
+        monitor = Monitor(writer, files, args.image_size, device, args.tb_image_freq, args.eval_data, args.eval_freq)
     saver = Saver(args, info, bare_model, optimizer, scaler, logger)
     preempted = PreemptionFlag()
     state = TrainState(iteration=progress["iteration"])
@@ -220,6 +228,10 @@ def main(args: argparse.Namespace) -> None:
             finish(writer)
             sys.exit(EXIT_PREEMPTED)
         saver.save(epoch, state.iteration, keep_epoch_file=epoch % args.save_freq == 0 or epoch == args.epochs)
+        if monitor is not None:
+            scores = monitor.on_epoch_end(bare_model, epoch, state.iteration)
+            if scores:
+                logger.info("eval after epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     finish(writer)
     if info.is_main:
         logger.info("training done: %d epochs, checkpoints in %s", args.epochs, args.output_dir)

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from data.datasets import DatasetError, list_images
-from data.photometric import IMAGENET_MEAN, IMAGENET_STD
 from utils.checkpoint import CheckpointError, load_teacher
+from utils.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
 
 # --dataset -> the image folder below --data-dir
 IMAGE_FOLDERS = {"COCOval": "val2017", "demo": "eval/images", "folder": "."}
@@ -55,33 +54,11 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_images(paths: np.ndarray, image_size: int, resize: int) -> np.ndarray:
-    """Resize the shorter side to ``resize`` (bilinear), centre-crop to ``image_size``: uint8 [N, S, S, 3]."""
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                scale = resize / min(image.size)
-                w, h = max(round(image.width * scale), image_size), max(round(image.height * scale), image_size)
-                image = image.resize((w, h), Image.Resampling.BILINEAR)
-                left, top = (w - image_size) // 2, (h - image_size) // 2
-                out[i] = np.asarray(image.crop((left, top, left + image_size, top + image_size)))
-        except OSError as e:
-            raise SystemExit(f"{path}: cannot read image ({e})") from None
-    return out
-
-
 @torch.no_grad()
 def prototype_scores(teacher, images: np.ndarray, batch_size: int, device: torch.device) -> torch.Tensor:
     """Cosine scores of every pixel to every prototype, [N, K, h, w] on the CPU."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    scores = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
-        scores.append(teacher((batch - mean) / std).float().cpu())
-    return torch.cat(scores)
+    return torch.cat([teacher(normalize(images[i:i + batch_size], device)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
 
 
 def best_images(dots: torch.Tensor, topk: int) -> torch.Tensor:
@@ -89,11 +66,6 @@ def best_images(dots: torch.Tensor, topk: int) -> torch.Tensor:
     assigned = F.one_hot(dots.argmax(dim=1), dots.shape[1]).permute(0, 3, 1, 2).float() + 1e-6
     score = (dots * assigned).sum(dim=(2, 3)) / assigned.sum(dim=(2, 3))  # [N, K]
     return score.topk(min(topk, score.shape[0]), dim=0).indices.T
-
-
-def pixel_assignment(dots: torch.Tensor, size: int) -> torch.Tensor:
-    """The winning prototype of every pixel at image resolution: [N, size, size]."""
-    return F.interpolate(dots, size=(size, size), mode="bilinear", align_corners=False).argmax(dim=1)
 
 
 def choose_prototypes(args: argparse.Namespace, num_prototypes: int) -> list[int]:
@@ -140,8 +112,7 @@ def draw_assignments(images: np.ndarray, dots: torch.Tensor, args: argparse.Name
     rng = np.random.default_rng(args.seed)
     picked = sorted(rng.choice(len(images), size=min(args.num_images, len(images)), replace=False).tolist())
     assignment = pixel_assignment(dots[picked], images.shape[1]).numpy()
-    palette = (plt.get_cmap("hsv")(np.linspace(0, 1, dots.shape[1], endpoint=False))[:, :3] * 255)
-    palette = np.random.default_rng(0).permutation(palette).astype(np.uint8)  # neighbours get distinct colours
+    palette = prototype_palette(dots.shape[1])
     fig, axes = plt.subplots(len(picked), 2, figsize=(4, 2 * len(picked)), squeeze=False)
     for row, (n, labels) in enumerate(zip(picked, assignment, strict=True)):
         axes[row, 0].imshow(images[n])
@@ -165,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(e)) from None
     if args.max_images:
         paths = paths[: args.max_images]
-    images = load_images(paths, args.image_size, args.resize or round(args.image_size * 8 / 7))
+    try:
+        images = load_center_crops(paths, args.image_size, args.resize)
+    except OSError as e:
+        raise SystemExit(str(e)) from None
     dots = prototype_scores(teacher, images, args.batch_size, device)
 
     import matplotlib

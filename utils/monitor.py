@@ -1,0 +1,70 @@
+"""What the training loop shows in TensorBoard besides scalars: the teacher's prototype assignment maps
+of a fixed set of images, and (optionally) unsupervised segmentation scores on held-out demo scenes."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from models.slotcon import SlotCon, SlotConTeacher
+from utils.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
+
+
+@contextmanager
+def teacher_in_eval_mode(model: SlotCon):
+    """The model's own teacher modules (no copy) in eval mode, switched back afterwards."""
+    teacher = SlotConTeacher(model.encoder_k, model.projector_k, model.grouping_k)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            yield teacher
+    finally:
+        teacher.train(was_training)
+
+
+class Monitor:
+    """Pictures every ``image_freq`` epochs and evaluation every ``eval_freq`` epochs (0 = never)."""
+
+    def __init__(self, writer, files: np.ndarray, image_size: int, device: torch.device, image_freq: int,
+                 eval_data: str | None, eval_freq: int, num_images: int = 8) -> None:
+        self.writer, self.device = writer, device
+        self.image_freq, self.eval_freq = image_freq, eval_freq
+        picked = files[np.linspace(0, len(files) - 1, min(num_images, len(files))).astype(int)]
+        self.images = load_center_crops(picked, image_size) if image_freq > 0 else None
+        self.eval_set = None
+        if eval_data and eval_freq > 0:
+            from eval.datasets import build_dataset
+
+            self.eval_set = build_dataset("demo", eval_data, "eval")
+
+    def on_epoch_end(self, model: SlotCon, epoch: int, iteration: int) -> dict[str, float]:
+        """Log what is due after ``epoch``; returns the evaluation scores (empty if none ran)."""
+        scores: dict[str, float] = {}
+        with teacher_in_eval_mode(model) as teacher:
+            if self.images is not None and epoch % self.image_freq == 0:
+                self.writer.add_images("teacher/assignments", self.assignment_picture(teacher), iteration,
+                                       dataformats="NHWC")
+            if self.eval_set is not None and epoch % self.eval_freq == 0:
+                scores = self.evaluate(teacher)
+                for name, value in scores.items():
+                    self.writer.add_scalar(f"eval/{name}", value, iteration)
+        return scores
+
+    def assignment_picture(self, teacher: SlotConTeacher) -> np.ndarray:
+        """Each image beside its colour-coded map of winning prototypes: uint8 [N, S, 2S, 3]."""
+        dots = teacher(normalize(self.images, self.device))
+        labels = pixel_assignment(dots, self.images.shape[1]).cpu().numpy()
+        return np.concatenate([self.images, prototype_palette(dots.shape[1])[labels]], axis=2)
+
+    def evaluate(self, teacher: SlotConTeacher) -> dict[str, float]:
+        from eval import unsupervised_seg
+        from eval.common import backbone_batches, base_dataset
+
+        source = base_dataset(self.eval_set)
+        result = unsupervised_seg.run_unsupervised_seg(
+            teacher, backbone_batches(teacher, self.eval_set, 64, self.device), source.num_classes,
+            source.class_names)
+        return unsupervised_seg.summary_row(result)
