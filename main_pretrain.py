@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("SlotCon pretraining", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", default="COCO", choices=DATASETS)
-    g.add_argument("--data-dir", default="./data", help="dataset root (layout depends on --dataset)")
+    g.add_argument("--data-dir", default="./datasets/coco", help="dataset root (layout depends on --dataset)")
     g.add_argument("--image-size", type=int, default=224, help="crop size; a multiple of 32")
     g.add_argument("--min-scale", type=float, default=0.08, help="smallest crop area fraction")
 

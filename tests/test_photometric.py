@@ -116,3 +116,11 @@ def test_batch_augment_is_reproducible_per_iteration():
     for a, b in zip(first, again, strict=True):
         assert torch.equal(a, b)
     assert first[0].shape == (4, 3, 32, 32) and first[0].dtype == torch.float32
+
+
+def test_cpu_subset_jitter_equals_the_fixed_shape_gpu_form(images):
+    from data.photometric import _jitter_masked, _jitter_subsets
+
+    params = _params(6, VIEW1, seed=11)
+    params.factors[2] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # a sample without jitter
+    torch.testing.assert_close(_jitter_subsets(images, params), _jitter_masked(images, params), atol=1e-6, rtol=0)
