@@ -105,8 +105,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of 32 (the backbone stride)")
     if not 0 < args.min_scale <= 1:
         raise SystemExit(f"--min-scale {args.min_scale} must be in (0, 1]")
-    if args.epochs < 1 or not 0 <= args.warmup_epoch <= args.epochs:
-        raise SystemExit("--epochs must be >= 1 and --warmup-epoch within [0, epochs]")
+    if args.epochs < 1 or args.warmup_epoch < 0:
+        raise SystemExit("--epochs must be >= 1 and --warmup-epoch >= 0 (a warm-up longer than the run is cut short)")
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"--resume {args.resume}: no such file")
     output = Path(args.output_dir)

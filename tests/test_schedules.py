@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from utils.schedules import teacher_momentum, warmup_cosine_lr
@@ -28,3 +29,9 @@ def test_teacher_momentum_endpoints_and_midpoint():
     assert m[0] == pytest.approx(0.99)
     assert m[50] == pytest.approx(0.995)
     assert m[-1] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_warmup_longer_than_the_run_is_a_truncated_ramp():
+    lr = warmup_cosine_lr(1.0, epochs=2, iters_per_epoch=5, warmup_epochs=5)
+    assert lr[0] == pytest.approx(0.01) and lr[-1] == pytest.approx(0.01 * (99 * 9 / 25 + 1))
+    assert (np.diff(lr) > 0).all()
