@@ -197,6 +197,9 @@ def main(args: argparse.Namespace) -> None:
         progress = restore(resume_path, bare_model, optimizer, scaler, args, logger)
     elif args.auto_resume:
         logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
+    if info.distributed:
+        # Every rank must have read current.pth before rank 0 may overwrite it, or ranks resume out of step.
+        dist.barrier()
 
     if info.is_main:
         logger.info("args: %s", json.dumps(vars(args), sort_keys=True))

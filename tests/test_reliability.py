@@ -96,10 +96,16 @@ def test_torchrun_restarts_a_killed_worker_and_training_completes(image_dir, tmp
     deadline = time.time() + 300
     while logged_iterations(out) < 2 and time.time() < deadline and agent.poll() is None:
         time.sleep(0.05)
-    victim = _worker_pid(rank=1)
+    victim = _worker_pid(rank=1, marker=str(out))
     assert victim is not None, "no rank-1 worker found"
     os.kill(victim, signal.SIGKILL)
-    output, _ = agent.communicate(timeout=600)
+    try:
+        output, _ = agent.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        for pid in filter(None, (_worker_pid(r, str(out)) for r in (0, 1))):
+            os.kill(pid, signal.SIGKILL)
+        raise
     assert agent.returncode == 0, output[-3000:]
     final = load_checkpoint(out / "current.pth")
     assert final["epoch"] == 3 and final["scheduler"]["iteration"] == 9
@@ -107,8 +113,8 @@ def test_torchrun_restarts_a_killed_worker_and_training_completes(image_dir, tmp
     assert sorted(metrics(out)) == list(range(9))
 
 
-def _worker_pid(rank: int) -> int | None:
-    """The pid of this test's main_pretrain worker with RANK=rank (read from /proc)."""
+def _worker_pid(rank: int, marker: str) -> int | None:
+    """The pid of the main_pretrain worker with RANK=rank whose command line holds ``marker`` (from /proc)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -117,8 +123,8 @@ def _worker_pid(rank: int) -> int | None:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"main_pretrain.py" in cmdline and b"torch.distributed.run" not in cmdline and (
-                f"RANK={rank}".encode() in environ):
+        is_worker = b"main_pretrain.py" in cmdline and b"torch.distributed.run" not in cmdline
+        if is_worker and marker.encode() in cmdline and f"RANK={rank}".encode() in environ:
             return int(proc.name)
     return None
 

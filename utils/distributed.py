@@ -43,9 +43,21 @@ def init_distributed(device: str | None) -> DistInfo:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world,
-                            **({"device_id": dev} if want_cuda else {}))
+    dist.init_process_group("nccl" if want_cuda else "gloo", store=_store_for_this_attempt(rank, world),
+                            rank=rank, world_size=world, **({"device_id": dev} if want_cuda else {}))
     return DistInfo(rank, local_rank, world, dev)
+
+
+def _store_for_this_attempt(rank: int, world: int) -> dist.Store:
+    """The rendezvous store, with keys private to this torchrun restart attempt.
+
+    After ``--max-restarts`` restarts a worker, the peers' old addresses are still in torchrun's store; a
+    fast new worker could read one and fail to connect to a dead process. A per-attempt prefix avoids it.
+    """
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts the store
+    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_store)
+    return dist.PrefixStore(f"slotcon/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
