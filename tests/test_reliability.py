@@ -179,11 +179,11 @@ def test_nonfinite_losses_skip_updates_and_too_many_stop(image_dir, tmp_path):
 
 def _saver(path: str, big: bool, atomic: bool) -> None:
     payload = {"model": {f"w{i}": torch.full((256, 1024), float(i)) for i in range(40 if big else 1)}}
+    save = save_atomic if atomic else torch.save
+    save(payload, path)  # one complete file first: what is judged is only what a kill mid-write leaves
+    print("saving", flush=True)
     while True:
-        if atomic:
-            save_atomic(payload, path)
-        else:
-            torch.save(payload, path)
+        save(payload, path)
 
 
 def _kill_savers(tmp_path: Path, atomic: bool, rounds: int = 12) -> int:
@@ -194,9 +194,8 @@ def _kill_savers(tmp_path: Path, atomic: bool, rounds: int = 12) -> int:
     for _ in range(rounds):
         code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_reliability import _saver; "
                 f"_saver({str(path)!r}, True, {atomic})")
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-        while not path.exists():
-            time.sleep(0.01)
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "saving"
         time.sleep(rng.uniform(0.05, 0.6))
         proc.kill()
         proc.wait()
