@@ -25,13 +25,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from data.photometric import IMAGENET_MEAN, IMAGENET_STD
 from eval.datasets import DATASETS, build_dataset
 from models.slotcon import SlotConTeacher
 from utils.checkpoint import load_teacher
 
 RANDOM = "random"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # SlotCon's default network; a random model uses these unless told otherwise.
 DEFAULT_CONFIG: dict[str, Any] = {"arch": "resnet50", "dim_hidden": 4096, "dim_out": 256, "num_prototypes": 256,
                                   "teacher_temp": 0.07}
