@@ -171,8 +171,7 @@ def main(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
-        for part in (model.encoder_q, model.encoder_k, model.projector_q, model.projector_k):
-            part.compile()  # in place: parameter names stay those of the checkpoint
+        model.compile_networks()
     if info.distributed:
         model = convert_to_sync_batchnorm(model, use_torch_sync=device.type == "cuda")
     bare_model = model

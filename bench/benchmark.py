@@ -103,8 +103,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
-        for part in (model.encoder_q, model.encoder_k, model.projector_q, model.projector_k):
-            part.compile()
+        model.compile_networks()
     return model
 
 

@@ -194,6 +194,13 @@ def apply_photometric(img: Tensor, params: PhotometricParams) -> Tensor:
     return torch.where(_per_sample(params.solarize) & (img >= SOLARIZE_THRESHOLD), 1.0 - img, img)
 
 
+def normalize_uint8(images: Tensor) -> Tensor:
+    """uint8 [B, 3, H, W] -> float scaled to [0, 1] and standardised with the ImageNet mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
 class BatchAugment:
     """uint8 crops [B, 3, H, W] -> augmented, normalised float crops, for both views, on any device.
 

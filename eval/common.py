@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data.photometric import IMAGENET_MEAN, IMAGENET_STD
+from data.photometric import normalize_uint8
 from eval.datasets import DATASETS, build_dataset
 from models.slotcon import SlotConTeacher
 from utils.checkpoint import load_teacher
@@ -94,13 +94,6 @@ def build_model(checkpoint: str, config: dict[str, Any] | None = None, seed: int
     return model.to(device).eval().requires_grad_(False)
 
 
-def normalise(images: Tensor) -> Tensor:
-    """uint8 [B, 3, H, W] -> float, scaled to [0, 1] and standardised with the ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
 def base_dataset(dataset: Dataset) -> Any:
     """The dataset under a ``--max-images`` ``Subset`` (it carries ``num_classes``, ``class_names``...)."""
     return dataset.dataset if isinstance(dataset, Subset) else dataset
@@ -119,7 +112,7 @@ def backbone_batches(model: SlotConTeacher, dataset: Dataset, batch_size: int, d
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     for images, semantic, instance in loader:
-        c5 = model.encoder_k(normalise(images.to(device, non_blocking=True)))
+        c5 = model.encoder_k(normalize_uint8(images.to(device, non_blocking=True)))
         yield Batch(c5.float(), semantic.to(device), None if instance is None else instance.to(device))
 
 

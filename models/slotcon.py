@@ -58,6 +58,11 @@ class SlotCon(nn.Module):
                 p_t.data.copy_(p_s.data)
                 p_t.requires_grad = False
 
+    def compile_networks(self) -> None:
+        """``torch.compile`` the backbones and projectors in place (state_dict names are unchanged)."""
+        for part in (self.encoder_q, self.encoder_k, self.projector_q, self.projector_k):
+            part.compile()
+
     def _teacher_params(self) -> tuple[list[Tensor], list[Tensor]]:
         student = [p for s, _ in self._teacher_pairs for p in s.parameters()]
         teacher = [p for _, t in self._teacher_pairs for p in t.parameters()]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.photometric import IMAGENET_MEAN, IMAGENET_STD
+from data.photometric import normalize_uint8
 
 
 def load_center_crops(paths, image_size: int, resize: int | None = None) -> np.ndarray:
@@ -33,10 +33,7 @@ def load_center_crops(paths, image_size: int, resize: int | None = None) -> np.n
 
 def normalize(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> ImageNet-normalised float [N, 3, H, W] on ``device``."""
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize_uint8(torch.from_numpy(images).to(device).permute(0, 3, 1, 2))
 
 
 def pixel_assignment(dots: torch.Tensor, size: int) -> torch.Tensor:
