@@ -68,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="mixed precision (default: on for CUDA, off on CPU)")
     g.add_argument("--amp-dtype", default="bfloat16", choices=["float16", "bfloat16"],
                    help="autocast dtype with --fp16; float16 adds a GradScaler as the reference does")
-    g.add_argument("--compile", action="store_true", help="torch.compile the backbones and projectors")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbones, projectors and (on a GPU) the photometric augmentation")
     g.add_argument("--start-epoch", type=int, default=1)
     g.add_argument("--epochs", type=int, default=800)
 
@@ -158,7 +159,7 @@ def main(args: argparse.Namespace) -> None:
     loader = DataLoader(dataset, batch_size=args.batch_size_per_gpu, sampler=sampler, drop_last=True,
                         num_workers=args.num_workers, pin_memory=device.type == "cuda",
                         collate_fn=collate_two_views, persistent_workers=args.num_workers > 0)
-    augment = BatchAugment(device, seed)
+    augment = BatchAugment(device, seed, compile=args.compile)
     iters_per_epoch = sampler.batches_per_epoch
     total_iters = iters_per_epoch * args.epochs
     args.num_instances = len(files)

@@ -16,7 +16,6 @@ from data.photometric import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    apply_photometric,
     gaussian_blur,
     sample_params,
 )
@@ -87,11 +86,14 @@ def test_parameter_distributions_match_the_reference():
     assert sigma.min() >= 0.1 and sigma.max() <= 2.0 and sigma.mean().item() == pytest.approx(1.05, abs=0.01)
 
 
-def test_batched_pipeline_equals_per_sample_torchvision_ops(images):
+@pytest.mark.parametrize("form", ["per_sample", "fixed_shape"])
+def test_pipeline_equals_per_sample_torchvision_ops(images, form):
+    from data import photometric
+
     params = _params(6, VIEW2, seed=3)
     params.solarize[:] = torch.tensor([True, False, True, False, True, False])
     params.grayscale[:] = torch.tensor([False, True, False, False, True, False])
-    ours = apply_photometric(images, params)
+    ours = getattr(photometric, f"_apply_{form}")(images, params)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i, img in enumerate(images):
         for op_index in params.order[i].tolist():
@@ -118,9 +120,23 @@ def test_batch_augment_is_reproducible_per_iteration():
     assert first[0].shape == (4, 3, 32, 32) and first[0].dtype == torch.float32
 
 
-def test_cpu_subset_jitter_equals_the_fixed_shape_gpu_form(images):
-    from data.photometric import _jitter_masked, _jitter_subsets
+def test_cpu_per_sample_form_equals_the_fixed_shape_gpu_form(images):
+    from data.photometric import _apply_fixed_shape, _apply_per_sample
 
     params = _params(6, VIEW1, seed=11)
     params.factors[2] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # a sample without jitter
-    torch.testing.assert_close(_jitter_subsets(images, params), _jitter_masked(images, params), atol=1e-6, rtol=0)
+    params.grayscale[:2] = torch.tensor([True, False])
+    params.blur_sigma[3] = 0.0
+    params.solarize[1:4] = True
+    torch.testing.assert_close(_apply_per_sample(images, params), _apply_fixed_shape(images, params), atol=1e-5, rtol=0)
+
+
+def test_fixed_shape_form_compiles_to_one_graph_with_the_same_result(images):
+    """The GPU form under ``torch.compile`` (as ``BatchAugment(compile=True)`` runs it): no graph break,
+    same pixels. Compiled here for the CPU, which checks the traced graph, not the GPU kernels."""
+    from data.photometric import _apply_fixed_shape
+
+    params = _params(6, VIEW2, seed=5)
+    params.solarize[:3] = True
+    compiled = torch.compile(_apply_fixed_shape, dynamic=False, fullgraph=True)
+    torch.testing.assert_close(compiled(images, params), _apply_fixed_shape(images, params), atol=1e-5, rtol=0)
