@@ -281,7 +281,8 @@ class BatchAugment:
     def __call__(self, crops: list[Tensor]) -> list[Tensor]:
         out = []
         for crop, cfg in zip(crops, self.views, strict=True):
-            crop = crop.to(self.device, non_blocking=True)
+            # Loader crops are channels_last views of HWC arrays; the CPU form wants whole channel planes.
+            crop = crop.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             params = sample_params(cfg, crop.shape[0], self.generator, self.device)
             img = self.augment_view(crop, params, self.mean, self.std)
             out.append(img.contiguous(memory_format=self.memory_format))
