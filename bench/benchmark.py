@@ -4,12 +4,17 @@ Modes (``--modes``, comma-separated):
   step     model step on synthetic, already-augmented crops: teacher EMA, forward, backward, optimizer
   augment  the batched photometric augmentation alone (uint8 crops already on the device)
   data     the CPU input pipeline alone: JPEG decode + two crops per image in DataLoader workers
+  pipeline a CPU-only run's whole input pipeline in one process: decode, crops, photometric augmentation
   e2e      ``main_pretrain.py`` itself, from JPEG files, read back from its metrics.jsonl
   check    losses of the same weights and batch on the CPU and on --device agree (fp32)
+  flops    FLOPs per image of one training step (SlotCon and a supervised ResNet classifier), counted by
+           ``torch.utils.flop_counter`` on the meta device (shapes only: no compute, any --device)
 
 Example (the numbers in BENCHMARKS.md):
   python bench/benchmark.py --device cuda --modes step,augment,data,e2e --arch resnet50 --image-size 224 \\
       --batch-size 128 --dim-hidden 4096 --num-prototypes 256 --num-workers 14
+  python bench/benchmark.py --device cpu --modes flops --arch resnet50 --image-size 224 --batch-size 128 \\
+      --dim-hidden 4096 --num-prototypes 256
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +70,11 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--e2e-epochs", type=int, default=1)
     p.add_argument("--output", default=None, help="append the JSON lines to this file too")
+    p.add_argument("--tflops", type=float, default=989.0,
+                   help="flops mode: sustained TFLOP/s for the implied img/s (default: H200 dense bf16 peak)")
+    p.add_argument("--supervised-img-per-s", type=float, default=4687.0,
+                   help="flops mode: a measured supervised-classifier rate to convert into achieved TFLOP/s "
+                        "(default: torchvision resnet50, batch 256, one H200)")
     return p.parse_args()
 
 
@@ -166,11 +179,12 @@ def count_host_syncs(model, autocast, crops, boxes, flags, device: torch.device)
                 model(crops, boxes, flags)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    # Count the per-operation warnings only: the first switch to "warn" adds a one-off prototype notice.
+    return sum(str(w.message).startswith("called a synchronizing CUDA operation") for w in caught)
 
 
 def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
-    augment = BatchAugment(device, base_seed=0)
+    augment = BatchAugment(device, base_seed=0, compile=args.compile)
     g = torch.Generator().manual_seed(0)
     shape = (args.batch_size, args.image_size, args.image_size, 3)
     crops = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).to(device).permute(0, 3, 1, 2)
@@ -186,7 +200,7 @@ def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
             times.append(time.perf_counter() - start)
     step = float(np.median(times))
     emit({"mode": "augment", "image_size": args.image_size, "batch_size": args.batch_size,
-          "img_per_s": round(args.batch_size / step, 1)}, args)
+          "compile": args.compile and device.type != "cpu", "img_per_s": round(args.batch_size / step, 1)}, args)
 
 
 def _write_photo(path_and_seed: tuple[str, int]) -> None:
@@ -231,6 +245,37 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> None:
           "img_per_s": round(rate, 1), "img_per_s_per_worker": round(rate / max(args.num_workers, 1), 1)}, args)
 
 
+def bench_pipeline(args: argparse.Namespace, device: torch.device) -> None:
+    """The whole input pipeline of a CPU-only run in this one process: decode, two crops and the photometric
+    augmentation, with the current torch threads (compare per process with the reference's loader workers)."""
+    del device
+    files = list_images("folder", jpeg_folder(args))
+    dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, 0.08))
+    sampler = ResumableSampler(len(files), args.batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=0, collate_fn=collate_two_views)
+    augment = BatchAugment(torch.device("cpu"), base_seed=0)
+    times = {"decode_crop": 0.0, "photometric": 0.0}
+    batches = iter(())
+    for it in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            sampler.set_epoch(it)
+            batches = iter(loader)
+            start, batch = time.perf_counter(), next(batches)
+        loaded = time.perf_counter()
+        augment.seed(it)
+        augment(batch["crops"])
+        if it >= args.warmup:
+            times["decode_crop"] += loaded - start
+            times["photometric"] += time.perf_counter() - loaded
+    images = args.batch_size * args.steps
+    emit({"mode": "pipeline", "image_size": args.image_size, "threads": torch.get_num_threads(),
+          "img_per_s": round(images / sum(times.values()), 1),
+          **{f"{part}_img_per_s": round(images / t, 1) for part, t in times.items()}}, args)
+
+
 def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
     folder = jpeg_folder(args)
     out = Path(tempfile.mkdtemp(prefix="slotcon_e2e_"))
@@ -272,11 +317,97 @@ def build_model_state(args: argparse.Namespace) -> dict:
     return SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).state_dict()
 
 
+def _count_flops(fn) -> int:
+    """FLOPs (a multiply-add counts 2) of the matmuls and convolutions, forward and backward, that ``fn`` runs."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _fwd_bwd(module: nn.Module, inputs: list[torch.Tensor], backward: bool):
+    def run() -> None:
+        with torch.set_grad_enabled(backward):
+            out = module(*inputs)
+            if backward:
+                out.float().sum().backward()
+    return run
+
+
+def _record_calls(modules: dict[str, nn.Module]) -> tuple[dict[str, list], list]:
+    """Forward hooks that note, per call, the inputs' shapes, which need a gradient, and the grad mode."""
+    calls: dict[str, list] = {name: [] for name in modules}
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, inputs, _output, name=name) -> None:
+            calls[name].append(([torch.empty_like(x).requires_grad_(x.requires_grad) if x.is_floating_point()
+                                 else x for x in inputs], torch.is_grad_enabled()))
+        handles.append(module.register_forward_hook(hook))
+    return calls, handles
+
+
+def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
+    """FLOPs per image (both views) of one SlotCon step: student forward + backward, teacher forward, losses.
+
+    Counted on the meta device (only shapes: any size runs in seconds, ``device`` is not used). The split
+    replays every call of the backbones, projectors and slot predictor alone, with the same input shapes,
+    the same inputs needing a gradient and the same grad mode, because the counter's own per-module
+    breakdown attributes backward ops to the wrong modules. Elementwise ops, norms, softmax and ROI-align
+    are not counted (FlopCounterMode counts matmuls and convolutions only). The slot contrastive logits
+    grow with the batch, so the per-image count depends (slightly) on --batch-size.
+    """
+    del device
+    meta = torch.device("meta")
+    b, s = args.batch_size, args.image_size
+    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).to(meta)
+    crops = [torch.empty(b, 3, s, s, device=meta) for _ in range(2)]
+    boxes = [torch.empty(b, 4, device=meta) for _ in range(2)]
+    flags = [torch.empty(b, dtype=torch.bool, device=meta) for _ in range(2)]
+    parts = {"backbones": (model.encoder_q, model.encoder_k), "projectors": (model.projector_q, model.projector_k),
+             "predictor": (model.predictor_slot,)}
+    calls, handles = _record_calls({f"{name}.{i}": m for name, ms in parts.items() for i, m in enumerate(ms)})
+    loss = {}
+    forward = _count_flops(lambda: loss.update(model(crops, boxes, flags)))
+    for handle in handles:
+        handle.remove()
+    backward = _count_flops(lambda: loss["loss"].backward())
+    total = forward + backward
+    split = {name: sum(_count_flops(_fwd_bwd(module, inputs, grad))
+                       for i, module in enumerate(modules) for inputs, grad in calls[f"{name}.{i}"])
+             for name, modules in parts.items()}
+    split["rest"] = total - sum(split.values())
+
+    torch.manual_seed(0)
+    classifier = getattr(torchvision.models, args.arch)().to(meta)
+    images, labels = torch.empty(b, 3, s, s, device=meta), torch.zeros(b, dtype=torch.long, device=meta)
+    supervised = _count_flops(lambda: nn.functional.cross_entropy(classifier(images), labels).backward())
+
+    def gflops(flops: float) -> float:
+        return round(flops / b / 1e9, 3)
+
+    per_image, supervised_per_image = total / b, supervised / b
+    achieved = args.supervised_img_per_s * supervised_per_image / 1e12
+    emit({"mode": "flops", "arch": args.arch, "image_size": s, "batch_size": b, "dim_hidden": args.dim_hidden,
+          "num_prototypes": args.num_prototypes, "counted_on": "meta",
+          "slotcon_gflops_per_image": gflops(total), "slotcon_forward_gflops": gflops(forward),
+          "slotcon_backward_gflops": gflops(backward),
+          "slotcon_split_gflops": {name: gflops(flops) for name, flops in split.items()},
+          "supervised_gflops_per_image": gflops(supervised),
+          "ratio_slotcon_to_supervised": round(per_image / supervised_per_image, 3),
+          "tflops": args.tflops,
+          "img_per_s_at_peak": {"slotcon": round(args.tflops * 1e12 / per_image, 1),
+                                "supervised": round(args.tflops * 1e12 / supervised_per_image, 1)},
+          "supervised_img_per_s": args.supervised_img_per_s,
+          "supervised_achieved_tflops": round(achieved, 1),
+          "supervised_achieved_fraction_of_peak": round(achieved / args.tflops, 4),
+          "slotcon_img_per_s_at_supervised_tflops": round(achieved * 1e12 / per_image, 1)}, args)
+
+
 def main() -> None:
     args = get_args()
     device = torch.device(args.device)
     runners = {"step": bench_step, "augment": bench_augment, "data": bench_data, "e2e": bench_e2e,
-               "check": check_devices}
+               "check": check_devices, "flops": bench_flops, "pipeline": bench_pipeline}
     for mode in args.modes.split(","):
         if mode not in runners:
             raise SystemExit(f"--modes: unknown mode {mode!r}; choose from {', '.join(runners)}")
