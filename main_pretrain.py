@@ -70,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast dtype with --fp16; float16 adds a GradScaler as the reference does")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the backbones, projectors and (on a GPU) the photometric augmentation")
+    g.add_argument("--pack-slot-queries", action="store_true",
+                   help="run the slot predictor on the valid slots only: same loss, fewer FLOPs, one host sync")
     g.add_argument("--start-epoch", type=int, default=1)
     g.add_argument("--epochs", type=int, default=800)
 
@@ -168,7 +170,7 @@ def main(args: argparse.Namespace) -> None:
     model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, dim_out=args.dim_out,
                     num_prototypes=args.num_prototypes, teacher_temp=args.teacher_temp,
                     student_temp=args.student_temp, center_momentum=args.center_momentum,
-                    group_loss_weight=args.group_loss_weight).to(device)
+                    group_loss_weight=args.group_loss_weight, pack_slot_queries=args.pack_slot_queries).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if args.compile:

@@ -63,6 +63,7 @@ def get_args() -> argparse.Namespace:
                    help="auto: bfloat16 on CUDA, none on CPU")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--pack-slot-queries", action="store_true")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--jpeg-dir", default=None, help="folder of JPEGs (default: generated 640x480 photos)")
@@ -101,7 +102,8 @@ def synchronize(device: torch.device) -> None:
 def config(args: argparse.Namespace) -> dict:
     return {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
             "dim_hidden": args.dim_hidden, "num_prototypes": args.num_prototypes, "amp": amp_dtype(args),
-            "channels_last": not args.no_channels_last, "compile": args.compile}
+            "channels_last": not args.no_channels_last, "compile": args.compile,
+            "pack_slot_queries": args.pack_slot_queries}
 
 
 def amp_dtype(args: argparse.Namespace) -> str:
@@ -112,7 +114,8 @@ def amp_dtype(args: argparse.Namespace) -> str:
 
 def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
     torch.manual_seed(0)
-    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).to(device)
+    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes,
+                    pack_slot_queries=args.pack_slot_queries).to(device)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
@@ -163,6 +166,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> None:
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     emit({"mode": "step", **config(args), "step_s": round(step, 4), "img_per_s": round(args.batch_size / step, 1),
           "peak_memory_gib": None if memory is None else round(memory, 2), "loss": out["loss"].item(),
+          "active_slots": round(out["active_slots"].item(), 1),
           "host_syncs_in_forward": count_host_syncs(model, autocast, crops, boxes, flags, device)}, args)
 
 
@@ -290,6 +294,7 @@ def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
     dtype = amp_dtype(args)
     cmd += ["--no-fp16"] if dtype == "none" else ["--fp16", "--amp-dtype", dtype]
     cmd += ["--compile"] if args.compile else []
+    cmd += ["--pack-slot-queries"] if args.pack_slot_queries else []
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records  # the first window includes start-up and cudnn autotuning

@@ -32,12 +32,13 @@ class SlotCon(nn.Module):
 
     def __init__(self, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
                  num_prototypes: int = 256, teacher_temp: float = 0.07, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, group_loss_weight: float = 0.5) -> None:
+                 center_momentum: float = 0.9, group_loss_weight: float = 0.5, pack_slot_queries: bool = False) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.group_loss_weight = group_loss_weight
+        self.pack_slot_queries = pack_slot_queries  # see slot_contrastive_loss: same loss, one host sync
         self.register_buffer("center", torch.zeros(1, num_prototypes))
 
         self.encoder_q = build_backbone(arch)
@@ -100,8 +101,8 @@ class SlotCon(nn.Module):
             group_loss(aligned_q[0], aligned_k[1], self.center, self.student_temp, self.teacher_temp)
             + group_loss(aligned_q[1], aligned_k[0], self.center, self.student_temp, self.teacher_temp))
         loss_slot = (1 - self.group_loss_weight) * (
-            slot_contrastive_loss(q1, sq1, k2, sk2, self.predictor_slot)
-            + slot_contrastive_loss(q2, sq2, k1, sk1, self.predictor_slot))
+            slot_contrastive_loss(q1, sq1, k2, sk2, self.predictor_slot, pack_queries=self.pack_slot_queries)
+            + slot_contrastive_loss(q2, sq2, k1, sk1, self.predictor_slot, pack_queries=self.pack_slot_queries))
         # The centre moves only after both group terms used the previous one.
         self.update_center(torch.cat([sk1, sk2]))
         active = torch.cat([active_prototypes(sk1), active_prototypes(sk2)]).sum(dim=1).float().mean()

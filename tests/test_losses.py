@@ -132,9 +132,10 @@ def _plain_predictor(head: MLPHead) -> nn.Sequential:
     return plain
 
 
-def test_slot_contrastive_loss_matches_the_reference_selection():
+@pytest.mark.parametrize("pack_queries", [False, True])
+def test_slot_contrastive_loss_matches_the_reference_selection(pack_queries):
     torch.manual_seed(1)
-    b, k, d = 4, 12, 8
+    b, k, d = 16, 12, 8  # 144 query rows, ~60 of them valid: packing cuts them to 64
     q, k_slots = torch.randn(b, k, d, requires_grad=True), torch.randn(b, k, d)
     sq, sk = torch.randn(b, k, 3, 3), torch.randn(b, k, 3, 3)
     head = MLPHead(d, 16, d)
@@ -144,10 +145,21 @@ def test_slot_contrastive_loss_matches_the_reference_selection():
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     plain = _plain_predictor(head)
-    ours = slot_contrastive_loss(q, sq, k_slots, sk, head)
+    ours = slot_contrastive_loss(q, sq, k_slots, sk, head, pack_queries=pack_queries)
     ref = _reference_contrastive(q, sq, k_slots, sk, plain)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     (g_ours,) = torch.autograd.grad(ours, q)
     (g_ref,) = torch.autograd.grad(ref, q)
     torch.testing.assert_close(g_ours, g_ref, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(head.mlp[1].running_mean, plain[1].running_mean)
+
+
+def test_pack_rows_puts_valid_rows_first_and_rounds_their_count_up():
+    from models.losses import _pack_rows
+
+    valid = torch.zeros(300, dtype=torch.bool)
+    valid[[3, 7, 150, 299]] = True
+    rows = _pack_rows(valid, multiple=8)
+    assert rows.tolist()[:4] == [3, 7, 150, 299] and len(rows) == 8 and not valid[rows[4:]].any()
+    valid[:] = True
+    assert torch.equal(_pack_rows(valid, multiple=64), torch.arange(300))  # never more rows than there are
