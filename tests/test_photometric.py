@@ -131,12 +131,17 @@ def test_cpu_per_sample_form_equals_the_fixed_shape_gpu_form(images):
     torch.testing.assert_close(_apply_per_sample(images, params), _apply_fixed_shape(images, params), atol=1e-5, rtol=0)
 
 
-def test_fixed_shape_form_compiles_to_one_graph_with_the_same_result(images):
-    """The GPU form under ``torch.compile`` (as ``BatchAugment(compile=True)`` runs it): no graph break,
-    same pixels. Compiled here for the CPU, which checks the traced graph, not the GPU kernels."""
+def test_fixed_shape_form_compiles_once_to_one_graph_with_the_same_result(images):
+    """The GPU form under ``torch.compile`` (as ``BatchAugment(compile=True)`` runs it): no graph break, no
+    recompilation for the next batch's parameters, same pixels. Compiled here for the CPU, which checks the
+    traced graph, not the GPU kernels."""
     from data.photometric import _apply_fixed_shape
 
-    params = _params(6, VIEW2, seed=5)
-    params.solarize[:3] = True
+    torch._dynamo.reset()
     compiled = torch.compile(_apply_fixed_shape, dynamic=False, fullgraph=True)
-    torch.testing.assert_close(compiled(images, params), _apply_fixed_shape(images, params), atol=1e-5, rtol=0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in (5, 6):
+            params = _params(6, VIEW2, seed=seed)
+            params.solarize[:3] = True
+            torch.testing.assert_close(compiled(images, params), _apply_fixed_shape(images, params),
+                                       atol=1e-5, rtol=0)
