@@ -5,8 +5,10 @@ Per view (BYOL-style asymmetric pipeline of the reference):
   grayscale with p=0.2, Gaussian blur sigma ~ U(0.1, 2) with p=1.0 (view 1) / 0.1 (view 2),
   solarize (threshold 128) with p=0 (view 1) / 0.2 (view 2), then ImageNet normalisation.
 The distributions are torchvision's ``ColorJitter`` / ``RandomGrayscale`` and the reference's blur and
-solarize. Samples a transform does not apply to get its identity parameters, so every op runs on the
-whole batch with fixed shapes (no host synchronisation on a GPU). The same code runs on the CPU.
+solarize. Samples a transform does not apply to get its identity parameters.
+
+Two forms compute the same images: on a GPU every op runs on the whole batch with fixed shapes (no host
+synchronisation; ``torch.compile`` fuses it), on a CPU each image runs only the ops it drew, in place.
 """
 
 from __future__ import annotations
@@ -96,22 +98,20 @@ def grayscale(img: Tensor) -> Tensor:
 
 
 def _blend(img: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """factor * img + (1 - factor) * other, clamped to [0, 1] (torchvision's ``_blend``)."""
+    """factor * img + (1 - factor) * other per sample, clamped to [0, 1] (torchvision's ``_blend``): brightness
+    blends with 0, contrast with the mean grey level, saturation with the grey image."""
     f = _per_sample(factor)
     return (f * img + (1 - f) * other).clamp_(0, 1)
 
 
-def adjust_brightness(img: Tensor, factor: Tensor) -> Tensor:
-    return (img * _per_sample(factor)).clamp_(0, 1)
-
-
-def adjust_contrast(img: Tensor, factor: Tensor) -> Tensor:
-    mean = grayscale(img).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(img, mean, factor)
-
-
-def adjust_saturation(img: Tensor, factor: Tensor) -> Tensor:
-    return _blend(img, grayscale(img), factor)
+def _blend_one(x: Tensor, other: Tensor | float, factor: float) -> Tensor:
+    """``_blend`` in place, for one image and a Python factor."""
+    x.mul_(factor)
+    if isinstance(other, Tensor):
+        x.add_(other, alpha=1.0 - factor)
+    else:
+        x.add_((1.0 - factor) * other)
+    return x.clamp_(0, 1)
 
 
 def adjust_hue(img: Tensor, shift: Tensor) -> Tensor:
@@ -157,7 +157,6 @@ def gaussian_blur(img: Tensor, sigma: Tensor) -> Tensor:
     return out
 
 
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 _IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
@@ -172,11 +171,10 @@ def _jitter_fixed_shape(img: Tensor, params: PhotometricParams) -> Tensor:
     for step in range(4):
         op = params.order[:, step]
         factor = torch.stack([brightness, contrast, saturation, torch.ones_like(hue)], dim=1)
-        factor = _per_sample(factor.gather(1, op[:, None]))
         gray = grayscale(img)
         other = torch.where(_per_sample(op == SATURATION), gray,
                             torch.where(_per_sample(op == CONTRAST), gray.mean(dim=(1, 2, 3), keepdim=True), 0.0))
-        img = (factor * img + (1 - factor) * other).clamp(0, 1)
+        img = _blend(img, other, factor.gather(1, op[:, None]))
         # The HSV round trip is not an exact identity: samples that do not rotate keep their pixels.
         rotate = _per_sample((op == HUE) & (hue != 0))
         img = torch.where(rotate, adjust_hue(img, torch.where(op == HUE, hue, 0.0)), img)
@@ -190,18 +188,8 @@ def _apply_fixed_shape(img: Tensor, params: PhotometricParams) -> Tensor:
     return torch.where(_per_sample(params.solarize) & (img >= SOLARIZE_THRESHOLD), 1.0 - img, img)
 
 
-def _blend_one(x: Tensor, other: Tensor | float, factor: float) -> Tensor:
-    """In place: factor * x + (1 - factor) * other, clamped to [0, 1]."""
-    x.mul_(factor)
-    if isinstance(other, Tensor):
-        x.add_(other, alpha=1.0 - factor)
-    else:
-        x.add_((1.0 - factor) * other)
-    return x.clamp_(0, 1)
-
-
 def _luma_one(x: Tensor) -> Tensor:
-    """[3, H, W] -> [1, H, W] with the weights of ``grayscale``."""
+    """``grayscale`` of one image, [3, H, W] -> [1, H, W], with fewer temporaries."""
     return (x[0:1] * _GRAY_WEIGHTS[0]).add_(x[1:2], alpha=_GRAY_WEIGHTS[1]).add_(x[2:3], alpha=_GRAY_WEIGHTS[2])
 
 

@@ -12,10 +12,7 @@ from data.photometric import (
     VIEW2,
     BatchAugment,
     PhotometricParams,
-    adjust_brightness,
-    adjust_contrast,
     adjust_hue,
-    adjust_saturation,
     gaussian_blur,
     sample_params,
 )
@@ -26,13 +23,21 @@ def images() -> torch.Tensor:
     return torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("ours, theirs", [(adjust_brightness, TF.adjust_brightness),
-                                          (adjust_contrast, TF.adjust_contrast),
-                                          (adjust_saturation, TF.adjust_saturation)])
-def test_per_sample_factors_match_torchvision(images, ours, theirs):
-    factors = torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4])
+@pytest.mark.parametrize("form", ["per_sample", "fixed_shape"])
+@pytest.mark.parametrize("op_index, theirs", list(enumerate([TF.adjust_brightness, TF.adjust_contrast,
+                                                               TF.adjust_saturation, TF.adjust_hue])))
+def test_each_jitter_op_alone_matches_torchvision(images, form, op_index, theirs):
+    from data import photometric
+
+    factors = torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4]) if op_index != 3 else torch.tensor(
+        [-0.1, -0.05, 0.0, 0.03, 0.1, 0.07])
+    params = _params(6, VIEW1)
+    params.factors[:] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    params.factors[:, op_index] = factors
+    params.grayscale[:], params.blur_sigma[:], params.solarize[:] = False, 0.0, False
     expected = torch.stack([theirs(img, f.item()) for img, f in zip(images, factors, strict=True)])
-    torch.testing.assert_close(ours(images.clone(), factors), expected)
+    ours = getattr(photometric, f"_apply_{form}")(images, params)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
 def test_hue_matches_torchvision(images):
