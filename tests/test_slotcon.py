@@ -102,3 +102,24 @@ def test_teacher_copy_scores_like_the_model_teacher():
     expected = model.grouping_k.scores(model.projector_k(model.encoder_k(x)))
     torch.testing.assert_close(teacher(x), expected)
     assert set(teacher.state_dict()) == {k for k in model.state_dict() if k.endswith("_k") or "_k." in k}
+
+
+def test_compiled_networks_give_the_same_losses_gradients_and_state_dict_names():
+    """``--compile`` (``compile_networks``) is a fast path of the same step: inductor's CPU code stands in for
+    the GPU's here; the float tolerance allows for its reordered sums."""
+    torch._dynamo.reset()
+    eager = _small()
+    compiled = _small()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_networks()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    batch = _batch()
+    out_eager, out_compiled = eager(*batch), compiled(*batch)
+    for key in ("loss", "loss_group", "loss_slot"):
+        torch.testing.assert_close(out_compiled[key], out_eager[key], rtol=1e-4, atol=1e-5)
+    out_eager["loss"].backward()
+    out_compiled["loss"].backward()
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        if p_eager.grad is not None:
+            torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-3, atol=1e-5, msg=name)
+    torch.testing.assert_close(compiled.encoder_q.bn1.running_mean, eager.encoder_q.bn1.running_mean)
