@@ -247,8 +247,8 @@ class BatchAugment:
 
     ``seed(iteration)`` makes the draws a function of (base seed, iteration), so a resumed run
     augments exactly as an uninterrupted one. ``compile=True`` runs the GPU form through ``torch.compile``,
-    which fuses its many elementwise passes into a few kernels (the CPU form is never compiled). Outputs
-    are channels_last on a GPU (the model's layout there) and contiguous on a CPU.
+    which fuses its many elementwise passes into a few kernels (the CPU form is never compiled). It works in
+    NCHW; outputs are channels_last on a GPU (the model's layout there) and contiguous on a CPU.
     """
 
     def __init__(self, device: torch.device | str, base_seed: int = 0,
@@ -269,8 +269,9 @@ class BatchAugment:
     def __call__(self, crops: list[Tensor]) -> list[Tensor]:
         out = []
         for crop, cfg in zip(crops, self.views, strict=True):
-            # Loader crops are channels_last views of HWC arrays; the CPU form wants whole channel planes.
-            crop = crop.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            # Loader crops are channels_last views of HWC arrays. Both forms work on channel planes (hue, grey),
+            # which are strided in that layout: they get contiguous NCHW and the model its layout afterwards.
+            crop = crop.to(self.device, non_blocking=True).contiguous()
             params = sample_params(cfg, crop.shape[0], self.generator, self.device)
             img = self.augment_view(crop, params, self.mean, self.std)
             out.append(img.contiguous(memory_format=self.memory_format))
