@@ -167,14 +167,14 @@ def _jitter_fixed_shape(img: Tensor, params: PhotometricParams) -> Tensor:
     level or the grey image, so each of the four steps is one blend whose ``other`` is chosen per sample
     (``f = 1`` where the sample's op at this step is the hue), followed by the hue rotation where chosen.
     """
-    brightness, contrast, saturation, hue = params.factors.unbind(dim=1)
+    hue = params.factors[:, HUE]
+    blend_factor = torch.cat([params.factors[:, :HUE], torch.ones_like(hue)[:, None]], dim=1)  # 1 at the hue
     for step in range(4):
         op = params.order[:, step]
-        factor = torch.stack([brightness, contrast, saturation, torch.ones_like(hue)], dim=1)
         gray = grayscale(img)
         other = torch.where(_per_sample(op == SATURATION), gray,
                             torch.where(_per_sample(op == CONTRAST), gray.mean(dim=(1, 2, 3), keepdim=True), 0.0))
-        img = _blend(img, other, factor.gather(1, op[:, None]))
+        img = _blend(img, other, blend_factor.gather(1, op[:, None]))
         # The HSV round trip is not an exact identity: samples that do not rotate keep their pixels.
         rotate = _per_sample((op == HUE) & (hue != 0))
         img = torch.where(rotate, adjust_hue(img, torch.where(op == HUE, hue, 0.0)), img)
