@@ -227,13 +227,19 @@ def jpeg_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def bench_data(args: argparse.Namespace, device: torch.device) -> None:
+def two_view_loader(args: argparse.Namespace, num_workers: int, pin_memory: bool = False):
+    """(sampler, loader) of decoded, cropped views of the benchmark JPEGs, as ``main_pretrain.py`` builds them."""
     files = list_images("folder", jpeg_folder(args))
     dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, 0.08))
     sampler = ResumableSampler(len(files), args.batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=args.num_workers, collate_fn=collate_two_views,
-                                         pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+                                         num_workers=num_workers, collate_fn=collate_two_views,
+                                         pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    return sampler, loader
+
+
+def bench_data(args: argparse.Namespace, device: torch.device) -> None:
+    sampler, loader = two_view_loader(args, args.num_workers, pin_memory=device.type == "cuda")
     images, start = 0, None
     for epoch in range(1, 100):
         sampler.set_epoch(epoch)
@@ -253,11 +259,7 @@ def bench_pipeline(args: argparse.Namespace, device: torch.device) -> None:
     """The whole input pipeline of a CPU-only run in this one process: decode, two crops and the photometric
     augmentation, with the current torch threads (compare per process with the reference's loader workers)."""
     del device
-    files = list_images("folder", jpeg_folder(args))
-    dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, 0.08))
-    sampler = ResumableSampler(len(files), args.batch_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=0, collate_fn=collate_two_views)
+    sampler, loader = two_view_loader(args, num_workers=0)
     augment = BatchAugment(torch.device("cpu"), base_seed=0)
     times = {"decode_crop": 0.0, "photometric": 0.0}
     batches = iter(())
