@@ -136,8 +136,9 @@ def adjust_hue(img: Tensor, shift: Tensor) -> Tensor:
 def gaussian_blur(img: Tensor, sigma: Tensor) -> Tensor:
     """Separable Gaussian blur with a per-sample sigma (0 = identity), replicate padding.
 
-    Each pass is a sum of 13 shifted copies weighted per sample: on a CPU this beats a grouped convolution
-    threefold, and under ``torch.compile`` it fuses into one kernel per pass.
+    Each pass is a sum of 13 shifted copies weighted per sample: for one 224 px image on a CPU (the CPU form)
+    this is three times faster than a grouped convolution, and under ``torch.compile`` it fuses into one
+    kernel per pass.
     """
     b, _, h, w = img.shape
     offsets = torch.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, device=img.device, dtype=img.dtype)
