@@ -25,7 +25,7 @@ from data.datasets import DATASETS, DatasetError, TwoViewDataset, collate_two_vi
 from data.photometric import BatchAugment
 from data.sampler import ResumableSampler
 from data.transforms import TwoViewCrop
-from models import ARCHS, SlotCon
+from models import ARCHS, OUTPUT_STRIDES, SlotCon
 from models.norm import convert_to_sync_batchnorm
 from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, save_atomic
 from utils.distributed import DistInfo, all_reduce_sum, init_distributed
@@ -42,11 +42,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", default="COCO", choices=DATASETS)
     g.add_argument("--data-dir", default="./datasets/coco", help="dataset root (layout depends on --dataset)")
-    g.add_argument("--image-size", type=int, default=224, help="crop size; a multiple of 32")
+    g.add_argument("--image-size", type=int, default=224, help="crop size; a multiple of --output-stride")
     g.add_argument("--min-scale", type=float, default=0.08, help="smallest crop area fraction")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS)
+    g.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
+                   help="C5 stride: 16 or 8 dilate the last stages (same weights, 2x or 4x finer maps)")
     g.add_argument("--dim-hidden", type=int, default=4096)
     g.add_argument("--dim-out", type=int, default=256)
     g.add_argument("--num-prototypes", type=int, default=256)
@@ -104,8 +106,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
     """Reject bad flags with one line each, before any work starts."""
     if args.batch_size % world_size:
         raise SystemExit(f"--batch-size {args.batch_size} is not divisible by the {world_size} processes")
-    if args.image_size % 32 or args.image_size < 32:
-        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of 32 (the backbone stride)")
+    if args.image_size % args.output_stride or args.image_size < 32:
+        raise SystemExit(f"--image-size {args.image_size} must be a multiple of --output-stride {args.output_stride} "
+                         "and at least 32")
     if not 0 < args.min_scale <= 1:
         raise SystemExit(f"--min-scale {args.min_scale} must be in (0, 1]")
     if args.epochs < 1 or args.warmup_epoch < 0:
@@ -170,7 +173,8 @@ def main(args: argparse.Namespace) -> None:
     model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, dim_out=args.dim_out,
                     num_prototypes=args.num_prototypes, teacher_temp=args.teacher_temp,
                     student_temp=args.student_temp, center_momentum=args.center_momentum,
-                    group_loss_weight=args.group_loss_weight, pack_slot_queries=args.pack_slot_queries).to(device)
+                    group_loss_weight=args.group_loss_weight, pack_slot_queries=args.pack_slot_queries,
+                    output_stride=args.output_stride).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
@@ -400,7 +404,7 @@ def restore(path, model: SlotCon, optimizer, scaler, args, logger) -> dict:
         raise SystemExit(f"cannot resume: {e}") from None
     try:
         saved = checkpoint.get("args", {})
-        for key in ("arch", "dim_hidden", "dim_out", "num_prototypes"):
+        for key in ("arch", "dim_hidden", "dim_out", "num_prototypes", "output_stride"):
             if key in saved and saved[key] != getattr(args, key):
                 raise CheckpointError(f"it was trained with --{key.replace('_', '-')} {saved[key]}, "
                                       f"this run has {getattr(args, key)}")

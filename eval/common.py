@@ -33,7 +33,7 @@ from utils.checkpoint import load_teacher
 RANDOM = "random"
 # SlotCon's default network; a random model uses these unless told otherwise.
 DEFAULT_CONFIG: dict[str, Any] = {"arch": "resnet50", "dim_hidden": 4096, "dim_out": 256, "num_prototypes": 256,
-                                  "teacher_temp": 0.07}
+                                  "teacher_temp": 0.07, "output_stride": 32}
 
 
 class Batch(NamedTuple):

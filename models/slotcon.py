@@ -32,7 +32,8 @@ class SlotCon(nn.Module):
 
     def __init__(self, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
                  num_prototypes: int = 256, teacher_temp: float = 0.07, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, group_loss_weight: float = 0.5, pack_slot_queries: bool = False) -> None:
+                 center_momentum: float = 0.9, group_loss_weight: float = 0.5, pack_slot_queries: bool = False,
+                 output_stride: int = 32) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
         self.student_temp = student_temp
@@ -41,8 +42,8 @@ class SlotCon(nn.Module):
         self.pack_slot_queries = pack_slot_queries  # see slot_contrastive_loss: same loss, one host sync
         self.register_buffer("center", torch.zeros(1, num_prototypes))
 
-        self.encoder_q = build_backbone(arch)
-        self.encoder_k = build_backbone(arch)
+        self.encoder_q = build_backbone(arch, output_stride)
+        self.encoder_k = build_backbone(arch, output_stride)
         channels = self.encoder_q.num_channels
         self.projector_q = MLPHead(channels, dim_hidden, dim_out, per_pixel=True)
         self.projector_k = MLPHead(channels, dim_hidden, dim_out, per_pixel=True)
@@ -125,9 +126,9 @@ class SlotConTeacher(nn.Module):
 
     @classmethod
     def build(cls, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
-              num_prototypes: int = 256, teacher_temp: float = 0.07) -> SlotConTeacher:
+              num_prototypes: int = 256, teacher_temp: float = 0.07, output_stride: int = 32) -> SlotConTeacher:
         """A randomly initialised teacher of the given configuration."""
-        encoder = build_backbone(arch)
+        encoder = build_backbone(arch, output_stride)
         return cls(encoder, MLPHead(encoder.num_channels, dim_hidden, dim_out, per_pixel=True),
                    SemanticGrouping(num_prototypes, dim_out, teacher_temp))
 

@@ -244,7 +244,8 @@ def test_loading_runs_no_pickled_code_but_reads_official_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("flags, world, message", [
     (["--batch-size", "10"], 4, "not divisible by the 4 processes"),
-    (["--image-size", "100"], 1, "multiple of 32"),
+    (["--image-size", "100"], 1, "multiple of --output-stride 32"),
+    (["--image-size", "100", "--output-stride", "8"], 1, "multiple of --output-stride 8"),
 ])
 def test_bad_flags_are_rejected_before_work(flags, world, message, tmp_path):
     args = get_args_parser().parse_args([*flags, "--output-dir", str(tmp_path)])

@@ -123,3 +123,23 @@ def test_compiled_networks_give_the_same_losses_gradients_and_state_dict_names()
         if p_eager.grad is not None:
             torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-3, atol=1e-5, msg=name)
     torch.testing.assert_close(compiled.encoder_q.bn1.running_mean, eager.encoder_q.bn1.running_mean)
+
+
+def test_output_stride_8_trains_on_finer_maps_and_round_trips_through_a_checkpoint():
+    from utils.checkpoint import network_state_dict, teacher_config
+
+    model = _small(output_stride=8)
+    crops, coords, flags = _batch(size=64)
+    out = model(crops, coords, flags)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert model.encoder_q(crops[0]).shape[-2:] == (8, 8)
+    checkpoint = {"model": {f"module.{k}": v for k, v in model.state_dict().items()},
+                  "args": {"arch": "resnet18", "output_stride": 8}}
+    config = teacher_config(checkpoint)
+    assert config["output_stride"] == 8
+    teacher = SlotConTeacher.build(**config)
+    teacher.load_state_dict(network_state_dict(checkpoint))
+    assert teacher(crops[0]).shape[-2:] == (8, 8)
+    del checkpoint["args"]["output_stride"]  # an official checkpoint: stride 32
+    assert teacher_config(checkpoint)["output_stride"] == 32

@@ -101,8 +101,8 @@ def backbone_state_dict(checkpoint: dict[str, Any], student: bool = False) -> di
 def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``SlotConTeacher.build`` keyword arguments for the network stored in ``checkpoint``.
 
-    Sizes are read off the weights (they cannot disagree with them); the architecture and the
-    temperature come from the saved args, which both our and official checkpoints carry.
+    Sizes are read off the weights (they cannot disagree with them); the architecture, the
+    temperature and the output stride come from the saved args, which both our and official checkpoints carry.
     """
     state = network_state_dict(checkpoint)
     args = checkpoint.get("args") or {}
@@ -115,6 +115,8 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "dim_out": state[f"projector_k.mlp.{last_projector_layer}.weight"].shape[0],
         "num_prototypes": state["grouping_k.slot_embed.weight"].shape[0],
         "teacher_temp": float(args.get("teacher_temp", 0.07)),
+        # Dilation changes no weight, so it can only come from the args; official checkpoints are stride 32.
+        "output_stride": int(args.get("output_stride", 32)),
     }
 
 
