@@ -25,13 +25,13 @@ from data.datasets import DATASETS, DatasetError, TwoViewDataset, collate_two_vi
 from data.photometric import BatchAugment
 from data.sampler import ResumableSampler
 from data.transforms import TwoViewCrop
+from eval.monitor import Monitor
 from models import ARCHS, OUTPUT_STRIDES, SlotCon
 from models.norm import convert_to_sync_batchnorm
 from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, save_atomic
 from utils.distributed import DistInfo, all_reduce_sum, init_distributed
 from utils.lars import LARS
 from utils.logger import setup_logger
-from utils.monitor import Monitor
 from utils.schedules import teacher_momentum, warmup_cosine_lr
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR1 after saving; requeue the job to continue
@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> None:
         (Path(args.output_dir) / "config.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
     writer = make_writer(args, info)
     monitor = None
-    if writer is not None:
+    if info.is_main:  # pictures need TensorBoard; the online evaluation runs without it and goes to the log
         monitor = Monitor(writer, files, args.image_size, device, args.tb_image_freq, args.eval_data, args.eval_freq)
     saver = Saver(args, info, bare_model, optimizer, scaler, logger)
     preempted = PreemptionFlag()

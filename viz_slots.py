@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from data.datasets import DatasetError, list_images
-from utils.checkpoint import CheckpointError, load_teacher
-from utils.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
+from eval.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
+from models.weights import load_teacher
+from utils.checkpoint import CheckpointError
 
 # --dataset -> the image folder below --data-dir
 IMAGE_FOLDERS = {"COCOval": "val2017", "demo": "eval/images", "folder": "."}

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from data.photometric import normalize_uint8
 from eval.datasets import DATASETS, build_dataset
 from models.slotcon import SlotConTeacher
-from utils.checkpoint import load_teacher
+from models.weights import load_teacher
 
 RANDOM = "random"
 # SlotCon's default network; a random model uses these unless told otherwise.

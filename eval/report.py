@@ -34,7 +34,8 @@ from eval.common import (
     run_cli,
     write_json,
 )
-from utils.checkpoint import load_checkpoint, teacher_config
+from models.weights import teacher_config
+from utils.checkpoint import load_checkpoint
 
 
 def evaluate_model(checkpoint: str, args: argparse.Namespace, device: torch.device,

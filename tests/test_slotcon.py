@@ -126,7 +126,7 @@ def test_compiled_networks_give_the_same_losses_gradients_and_state_dict_names()
 
 
 def test_output_stride_8_trains_on_finer_maps_and_round_trips_through_a_checkpoint():
-    from utils.checkpoint import network_state_dict, teacher_config
+    from models.weights import network_state_dict, teacher_config
 
     model = _small(output_stride=8)
     crops, coords, flags = _batch(size=64)

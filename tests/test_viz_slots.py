@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.visualize import pixel_assignment, prototype_palette
+from eval.visualize import pixel_assignment, prototype_palette
 from viz_slots import best_images, choose_prototypes, main, tint
 
 

@@ -22,7 +22,8 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from utils.checkpoint import CheckpointError, backbone_state_dict, load_checkpoint  # noqa: E402
+from models.weights import backbone_state_dict  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 # (bottleneck blocks?, blocks per stage) -> depth; the plain ResNets detectron2 and mmseg can build.
 _DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {

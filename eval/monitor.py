@@ -1,15 +1,22 @@
-"""What the training loop shows in TensorBoard besides scalars: the teacher's prototype assignment maps
-of a fixed set of images, and (optionally) unsupervised segmentation scores on held-out demo scenes."""
+"""What the training loop shows besides scalars: the teacher's prototype assignment maps of a fixed set of
+images (TensorBoard), and (optionally) unsupervised segmentation scores on held-out demo scenes."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from eval import unsupervised_seg
+from eval.common import backbone_batches, base_dataset
+from eval.datasets import build_dataset
+from eval.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
 from models.slotcon import SlotCon, SlotConTeacher
-from utils.visualize import load_center_crops, normalize, pixel_assignment, prototype_palette
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 @contextmanager
@@ -26,18 +33,17 @@ def teacher_in_eval_mode(model: SlotCon):
 
 
 class Monitor:
-    """Pictures every ``image_freq`` epochs and evaluation every ``eval_freq`` epochs (0 = never)."""
+    """Pictures every ``image_freq`` epochs (in TensorBoard: none without a ``writer``) and evaluation every
+    ``eval_freq`` epochs (0 = never), which ``on_epoch_end`` returns for the log whether or not TensorBoard is on."""
 
-    def __init__(self, writer, files: np.ndarray, image_size: int, device: torch.device, image_freq: int,
-                 eval_data: str | None, eval_freq: int, num_images: int = 8) -> None:
+    def __init__(self, writer: SummaryWriter | None, files: np.ndarray, image_size: int, device: torch.device,
+                 image_freq: int, eval_data: str | None, eval_freq: int, num_images: int = 8) -> None:
         self.writer, self.device = writer, device
         self.image_freq, self.eval_freq = image_freq, eval_freq
         picked = files[np.linspace(0, len(files) - 1, min(num_images, len(files))).astype(int)]
-        self.images = load_center_crops(picked, image_size) if image_freq > 0 else None
+        self.images = load_center_crops(picked, image_size) if writer is not None and image_freq > 0 else None
         self.eval_set = None
         if eval_data and eval_freq > 0:
-            from eval.datasets import build_dataset
-
             self.eval_set = build_dataset("demo", eval_data, "eval")
 
     def on_epoch_end(self, model: SlotCon, epoch: int, iteration: int) -> dict[str, float]:
@@ -50,7 +56,8 @@ class Monitor:
             if self.eval_set is not None and epoch % self.eval_freq == 0:
                 scores = self.evaluate(teacher)
                 for name, value in scores.items():
-                    self.writer.add_scalar(f"eval/{name}", value, iteration)
+                    if self.writer is not None:
+                        self.writer.add_scalar(f"eval/{name}", value, iteration)
         return scores
 
     def assignment_picture(self, teacher: SlotConTeacher) -> np.ndarray:
@@ -60,9 +67,6 @@ class Monitor:
         return np.concatenate([self.images, prototype_palette(dots.shape[1])[labels]], axis=2)
 
     def evaluate(self, teacher: SlotConTeacher) -> dict[str, float]:
-        from eval import unsupervised_seg
-        from eval.common import backbone_batches, base_dataset
-
         source = base_dataset(self.eval_set)
         result = unsupervised_seg.run_unsupervised_seg(
             teacher, backbone_batches(teacher, self.eval_set, 64, self.device), source.num_classes,

@@ -1,0 +1,60 @@
+"""The project's import layers run one way (README, Layout):
+
+    utils            I/O, distributed helpers, logging, optimiser, schedules: nothing else of the project
+    data, models     utils and themselves (data and models do not import each other)
+    eval, transfer   utils, data, models and themselves (not each other)
+    entry points     main_pretrain.py, viz_slots.py, bench/: anything
+
+Every import in every source file counts, function-level ones included.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("utils", "data", "models", "eval", "transfer")
+ENTRY_POINTS = ("main_pretrain", "viz_slots", "bench")
+ALLOWED = {
+    "utils": {"utils"},
+    "data": {"utils", "data"},
+    "models": {"utils", "models"},
+    "eval": {"utils", "data", "models", "eval"},
+    "transfer": {"utils", "data", "models", "transfer"},
+}
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project's top-level modules that ``path`` imports (absolute imports; the project uses no relative ones)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            names = [node.module or ""]
+        else:
+            continue
+        found.update(n.split(".")[0] for n in names if n.split(".")[0] in (*PACKAGES, *ENTRY_POINTS))
+    return found
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    violations = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for imported in sorted(project_imports(path) - ALLOWED[package]):
+                violations.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_checker_sees_function_level_imports(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("import os\n\ndef f():\n    from eval.common import x\n    import models.slotcon\n")
+    assert project_imports(source) == {"eval", "models"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_layer_is_a_real_folder(package):
+    assert any((ROOT / package).rglob("*.py")), package
