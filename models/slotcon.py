@@ -23,11 +23,14 @@ TEACHER_PREFIXES = ("encoder_k.", "projector_k.", "grouping_k.")
 
 
 class SlotCon(nn.Module):
-    """The pretraining model. ``forward(crops, coords, flags)`` returns the losses as a dict.
+    """The pretraining model. ``forward(crops, boxes, flipped)`` returns the losses as a dict.
 
-    ``crops``: two normalised image batches [B, 3, S, S]; ``coords``: two [B, 4] overlap boxes, each in its
-    own view's normalised frame (mirrored if flipped); ``flags``: two [B] bool flip flags.
-    The training loop calls ``update_teacher(momentum)`` once per iteration, before the forward pass.
+    ``crops``: two normalised image batches [B, 3, S, S]; ``boxes``: two [B, 4] overlap boxes, each in its
+    own view's normalised frame (mirrored if flipped); ``flipped``: two [B] bool flip flags.
+    ``forward`` also moves the centre. The teacher changes only through ``update_teacher(momentum)``, which
+    the training loop calls after each optimizer step, with the momentum of the next iteration. The reference
+    averages at the start of each forward pass instead: the same teacher in every forward pass (its first
+    average, of two equal copies, is left out here).
     """
 
     def __init__(self, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
@@ -72,9 +75,14 @@ class SlotCon(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """theta_teacher <- m theta_teacher + (1 - m) theta_student, parameters only (not BN buffers)."""
+        """theta_teacher <- m theta_teacher + (1 - m) theta_student, parameters only (not BN buffers).
+
+        Two products and a sum, each rounded, as the reference writes it: ``lerp`` (or an add with ``alpha``,
+        a fused multiply-add) rounds differently in a good share of the elements.
+        """
         teacher, student = self._teacher_params()
-        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - momentum))
 
     @torch.no_grad()
     def update_center(self, teacher_scores: Tensor) -> None:
@@ -84,11 +92,9 @@ class SlotCon(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)
-        updated = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
-        # A non-finite step (skipped by the training loop) must not poison the running centre.
-        self.center.copy_(torch.where(torch.isfinite(updated).all(), updated, self.center))
+        self.center.copy_(self.center * self.center_momentum + batch_center * (1 - self.center_momentum))
 
-    def forward(self, crops: list[Tensor], coords: list[Tensor], flags: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, crops: list[Tensor], boxes: list[Tensor], flipped: list[Tensor]) -> dict[str, Tensor]:
         # Views go through the networks one at a time: each keeps its own BatchNorm statistics.
         student = [self.grouping_q(self.projector_q(self.encoder_q(c))) for c in crops]
         with torch.no_grad():
@@ -96,8 +102,8 @@ class SlotCon(nn.Module):
         (q1, sq1), (q2, sq2) = student
         (k1, sk1), (k2, sk2) = teacher
 
-        aligned_q = [align_to_overlap(s, box, flip) for s, box, flip in zip((sq1, sq2), coords, flags, strict=True)]
-        aligned_k = [align_to_overlap(s, box, flip) for s, box, flip in zip((sk1, sk2), coords, flags, strict=True)]
+        aligned_q = [align_to_overlap(s, box, flip) for s, box, flip in zip((sq1, sq2), boxes, flipped, strict=True)]
+        aligned_k = [align_to_overlap(s, box, flip) for s, box, flip in zip((sk1, sk2), boxes, flipped, strict=True)]
         loss_group = self.group_loss_weight * (
             group_loss(aligned_q[0], aligned_k[1], self.center, self.student_temp, self.teacher_temp)
             + group_loss(aligned_q[1], aligned_k[0], self.center, self.student_temp, self.teacher_temp))

@@ -36,13 +36,13 @@ def _coordinate_map(view: Box, size: int, flipped: bool) -> torch.Tensor:
 def test_two_views_land_on_the_same_image_grid(flip_a, flip_b):
     size = 7
     view_a, view_b = Box(10, 20, 150, 170), Box(40, 0, 200, 130)
-    maps, boxes, flags = [], [], []
+    maps, boxes, flipped = [], [], []
     for view, other, flip in ((view_a, view_b, flip_a), (view_b, view_a, flip_b)):
         box = intersection_in_frame(view, other)
         maps.append(_coordinate_map(view, size, flip)[None])
         boxes.append(torch.tensor([mirror_box(box) if flip else box]))
-        flags.append(torch.tensor([flip]))
-    aligned = [align_to_overlap(m, b, f)[0] for m, b, f in zip(maps, boxes, flags, strict=True)]
+        flipped.append(torch.tensor([flip]))
+    aligned = [align_to_overlap(m, b, f)[0] for m, b, f in zip(maps, boxes, flipped, strict=True)]
     # Independent expectation: the bin centres of the intersection box, in image coordinates.
     inter = Box(40, 20, 150, 130)
     expected = _coordinate_map(inter, size, flipped=False)
