@@ -10,16 +10,9 @@ statistics of the whole global batch, so a 2-process run matches one process on 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 
-
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    """Differentiable sum over ranks (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist_fn.all_reduce(x)
-    return x
+from utils.distributed import differentiable_sum_over_ranks
 
 
 class MaskedSyncBatchNorm(nn.BatchNorm1d):
@@ -48,10 +41,10 @@ class MaskedSyncBatchNorm(nn.BatchNorm1d):
         else:
             weight = mask.to(xf.dtype).view(-1, *[1] * (x.dim() - 1))
             count = weight.sum() * (xf.numel() // (xf.shape[0] * xf.shape[1]))
-        count = _all_reduce_sum(count)
-        mean = _all_reduce_sum((xf * weight).sum(reduce_dims)) / count.clamp(min=1)
+        count = differentiable_sum_over_ranks(count)
+        mean = differentiable_sum_over_ranks((xf * weight).sum(reduce_dims)) / count.clamp(min=1)
         centred = xf - mean.view(shape)
-        var = _all_reduce_sum((centred.square() * weight).sum(reduce_dims)) / count.clamp(min=1)
+        var = differentiable_sum_over_ranks((centred.square() * weight).sum(reduce_dims)) / count.clamp(min=1)
         if self.track_running_stats:
             with torch.no_grad():
                 unbiased = var * count / (count - 1).clamp(min=1)

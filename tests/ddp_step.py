@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import SlotCon
 from models.norm import convert_to_sync_batchnorm
-from utils.distributed import all_reduce_sum, init_distributed
+from utils.distributed import init_distributed, sum_over_ranks
 from utils.lars import LARS
 
 BATCH, SIZE = 8, 64
@@ -31,10 +31,10 @@ def main(out_path: str) -> None:
     crops = [torch.randn(BATCH, 3, SIZE, SIZE, generator=g) for _ in range(2)]
     boxes = [torch.rand(BATCH, 2, generator=g) * 0.4 for _ in range(2)]
     boxes = [torch.cat([b, b + 0.5], dim=1) for b in boxes]
-    flags = [torch.rand(BATCH, generator=g) < 0.5 for _ in range(2)]
+    flipped = [torch.rand(BATCH, generator=g) < 0.5 for _ in range(2)]
     per_rank = BATCH // info.world_size
     part = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
-    crops, boxes, flags = ([t[part] for t in ts] for ts in (crops, boxes, flags))
+    crops, boxes, flipped = ([t[part] for t in ts] for ts in (crops, boxes, flipped))
 
     bare = model
     if info.distributed:
@@ -43,13 +43,13 @@ def main(out_path: str) -> None:
     optimizer = LARS([p for p in bare.parameters() if p.requires_grad], lr=0.5, weight_decay=1e-5)
     losses = []
     for _ in range(2):
-        out = model(crops, boxes, flags)
+        out = model(crops, boxes, flipped)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
         bare.update_teacher(0.9)
         parts = [out["loss"].item(), out["loss_group"].item(), out["loss_slot"].item()]
-        losses.append([v / info.world_size for v in all_reduce_sum(parts, info.device)])
+        losses.append([v / info.world_size for v in sum_over_ranks(torch.tensor(parts, dtype=torch.float64)).tolist()])
     if info.is_main:
         state = bare.state_dict()
         picked = ["center", "encoder_q.conv1.weight", "encoder_k.layer4.1.bn2.running_var",

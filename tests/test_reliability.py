@@ -4,6 +4,7 @@ import argparse
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 
 from main_pretrain import EXIT_PREEMPTED, check_args, get_args_parser
 from tests.pretrain_helpers import ROOT, TINY, logged_iterations, make_images, metrics, run, start
-from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_atomic
 
 pytestmark = pytest.mark.slow
 EPOCHS_2 = [*TINY, "--epochs", "2", "--save-every-minutes", "0.0001"]  # current.pth after every step
@@ -153,28 +154,33 @@ def test_unreadable_images_are_skipped_and_too_many_stop_the_run(tmp_path):
     assert "were unreadable" in stopped.stderr and "Traceback" not in stopped.stderr
 
 
-def test_nonfinite_losses_skip_updates_and_too_many_stop(image_dir, tmp_path):
+def test_nonfinite_losses_and_updates_are_undone_and_too_many_stop(image_dir, tmp_path):
     out = tmp_path / "nan"
     common = [*TINY, "--data-dir", str(image_dir), "--output-dir", str(out), "--num-workers", "0", "--save-freq", "1"]
-    # Epoch 1 trains normally; every step of epoch 2 (iterations 3-5) is poisoned.
-    done = run([*common, "--epochs", "2", "--inject-nan-at", "3", "4", "5"])
+    # Epoch 1 trains normally; every step of epoch 2 (iterations 3-5) is poisoned: NaN losses at 3 and 5, and at 4
+    # a finite loss whose update (an infinite learning rate) leaves the weights and the optimizer non-finite.
+    done = run([*common, "--epochs", "2", "--inject-nan-at", "3", "5", "--inject-inf-lr-at", "4"])
     assert done.returncode == 0, done.stderr
-    assert (out / "log.txt").read_text().count("non-finite loss; skipped the optimizer") == 3
+    log = (out / "log.txt").read_text()
+    assert log.count("non-finite loss; the step was undone") == 2
+    assert log.count("non-finite update (the loss was finite); the step was undone") == 1
     after_1 = load_checkpoint(out / "ckpt_epoch_1.pth")
     after_2 = load_checkpoint(out / "ckpt_epoch_2.pth")
-    for key, value in after_1["model"].items():
-        if "running" in key or "num_batches" in key:
-            continue  # BN statistics do move: the forward pass ran
-        torch.testing.assert_close(after_2["model"][key], value, rtol=0, atol=0, msg=key)  # no step, no EMA
+    for key, value in after_1["model"].items():  # no step, no EMA, and the centre and BN statistics as before
+        torch.testing.assert_close(after_2["model"][key], value, rtol=0, atol=0, msg=key)
     for state_1, state_2 in zip(after_1["optimizer"]["state"].values(), after_2["optimizer"]["state"].values(),
                                 strict=True):
         assert torch.equal(state_1["mu"], state_2["mu"])
 
-    stop = run([*common, "--epochs", "3", "--auto-resume", "--inject-nan-at", "6", "7",
-                "--max-nonfinite-steps", "2"])
+    # As a user runs it: TensorBoard on, loader workers.
+    stop = run([*common, "--epochs", "3", "--auto-resume", "--inject-inf-lr-at", "6", "7",
+                "--max-nonfinite-steps", "2", "--tensorboard", "--num-workers", "2"])
     assert stop.returncode != 0
-    assert "non-finite losses in a row" in stop.stderr and "Traceback" not in stop.stderr
-    assert load_checkpoint(out / "current.pth")["epoch"] == 2  # the last good checkpoint is intact
+    assert "2 non-finite steps in a row" in stop.stderr and "Traceback" not in stop.stderr
+    named = re.search(r"The last good checkpoint is (\S+) ", stop.stderr)
+    assert named and Path(named.group(1)) == out / "current.pth", stop.stderr
+    last_good = load_checkpoint(out / "current.pth")
+    assert last_good["epoch"] == 2 and not nonfinite_tensors(last_good)
 
 
 def _saver(path: str, big: bool, atomic: bool) -> None:

@@ -68,3 +68,18 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError("checkpoint has no 'model' (or 'state_dict') entry")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """The names (``model/module.center``, ``optimizer/state/3/mu``...) of every floating-point tensor inside
+    ``obj`` (nested dicts, lists and tuples) that holds a NaN or an infinity."""
+    if isinstance(obj, Tensor):
+        return [prefix] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    return [name for key, value in items
+            for name in nonfinite_tensors(value, f"{prefix}/{key}" if prefix else str(key))]

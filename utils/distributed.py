@@ -1,4 +1,4 @@
-"""Process-group setup: torchrun (DDP, NCCL on GPU, gloo on CPU) or a plain single process."""
+"""Process-group setup: torchrun (DDP, NCCL on GPU, gloo on CPU) or a plain single process; sums over ranks."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor
 
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
-    local_rank: int
     world_size: int
     device: torch.device
 
@@ -28,24 +29,23 @@ class DistInfo:
 def init_distributed(device: str | None) -> DistInfo:
     """Join the torchrun process group if launched by torchrun, else run as one process.
 
-    ``device``: "cuda", "cpu", or None for CUDA when available. Under torchrun each process takes
+    ``device``: "cuda", "cuda:N", "cpu", or None for CUDA when available. Under torchrun each process takes
     GPU ``LOCAL_RANK``; the backend is NCCL on GPU and gloo on CPU.
     """
     want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if want_cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo(0, 0, 1, torch.device(device or ("cuda" if want_cuda else "cpu")))
+        return DistInfo(0, 1, torch.device(device or ("cuda" if want_cuda else "cpu")))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if want_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     dist.init_process_group("nccl" if want_cuda else "gloo", store=_store_for_this_attempt(rank, world),
                             rank=rank, world_size=world, **({"device_id": dev} if want_cuda else {}))
-    return DistInfo(rank, local_rank, world, dev)
+    return DistInfo(rank, world, dev)
 
 
 def _store_for_this_attempt(rank: int, world: int) -> dist.Store:
@@ -60,10 +60,20 @@ def _store_for_this_attempt(rank: int, world: int) -> dist.Store:
     return dist.PrefixStore(f"slotcon/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks (the numbers themselves without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+def _process_group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_ranks(x: Tensor) -> Tensor:
+    """The elementwise sum of ``x`` over all ranks, in place and without gradient (``x`` without a process group)."""
+    if _process_group_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def differentiable_sum_over_ranks(x: Tensor) -> Tensor:
+    """The elementwise sum of ``x`` over all ranks as a new tensor whose gradient flows back to every rank's
+    ``x`` (``x`` itself without a process group)."""
+    if _process_group_size() > 1:
+        return dist_fn.all_reduce(x)
+    return x
