@@ -1,7 +1,9 @@
 """Throughput and memory of SlotCon pretraining, as JSON lines (one per measurement).
 
 Modes (``--modes``, comma-separated):
-  step     model step on synthetic, already-augmented crops: teacher EMA, forward, backward, optimizer
+  step     ``main_pretrain.Trainer.step`` (forward, backward, optimizer, finiteness check, teacher EMA) on synthetic,
+           already-augmented crops, interleaved in this process with a plain torchvision ResNet step (same arch
+           and size, both views: 2B images, forward + backward + SGD): our step as a multiple of that one
   augment  the batched photometric augmentation alone (uint8 crops already on the device)
   data     the CPU input pipeline alone: JPEG decode + two crops per image in DataLoader workers
   pipeline a CPU-only run's whole input pipeline in one process: decode, crops, photometric augmentation
@@ -46,8 +48,9 @@ from data.datasets import TwoViewDataset, collate_two_views, list_images  # noqa
 from data.photometric import BatchAugment  # noqa: E402
 from data.sampler import ResumableSampler  # noqa: E402
 from data.transforms import TwoViewCrop  # noqa: E402
+from main_pretrain import build_model, build_trainer, fill_device_defaults, get_args_parser  # noqa: E402
 from models import SlotCon  # noqa: E402
-from utils.lars import LARS  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
 
 
 def get_args() -> argparse.Namespace:
@@ -61,7 +64,7 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--num-prototypes", type=int, default=64)
     p.add_argument("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16", "none"],
                    help="auto: bfloat16 on CUDA, none on CPU")
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--no-channels-last", action="store_true", help="NCHW on CUDA too (CPU runs NCHW anyway)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--pack-slot-queries", action="store_true")
     p.add_argument("--steps", type=int, default=10)
@@ -102,7 +105,7 @@ def synchronize(device: torch.device) -> None:
 def config(args: argparse.Namespace) -> dict:
     return {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
             "dim_hidden": args.dim_hidden, "num_prototypes": args.num_prototypes, "amp": amp_dtype(args),
-            "channels_last": not args.no_channels_last, "compile": args.compile,
+            "channels_last": pretrain_args(args).channels_last, "compile": args.compile,
             "pack_slot_queries": args.pack_slot_queries}
 
 
@@ -112,75 +115,127 @@ def amp_dtype(args: argparse.Namespace) -> str:
     return args.amp_dtype
 
 
-def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
-    torch.manual_seed(0)
-    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes,
-                    pack_slot_queries=args.pack_slot_queries).to(device)
-    if not args.no_channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.compile:
-        model.compile_networks()
-    return model
+def pretrain_args(args: argparse.Namespace, **overrides) -> argparse.Namespace:
+    """``main_pretrain.py``'s arguments for this benchmark's settings (its defaults for everything else)."""
+    flags = ["--arch", args.arch, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+             "--dim-hidden", str(args.dim_hidden), "--num-prototypes", str(args.num_prototypes),
+             "--optimizer", "lars", "--epochs", "1", "--warmup-epoch", "0", "--device", args.device]
+    dtype = amp_dtype(args)
+    flags += ["--no-fp16"] if dtype == "none" else ["--fp16", "--amp-dtype", dtype]
+    flags += ["--no-channels-last"] if args.no_channels_last else []
+    flags += ["--compile"] if args.compile else []
+    flags += ["--pack-slot-queries"] if args.pack_slot_queries else []
+    parsed = get_args_parser().parse_args(flags)
+    fill_device_defaults(parsed, DistInfo(0, 1, torch.device(args.device)))
+    vars(parsed).update(overrides)
+    return parsed
 
 
 def synthetic_batch(args: argparse.Namespace, device: torch.device, seed: int = 0, batch: int | None = None):
     g = torch.Generator().manual_seed(seed)
     b, s = batch or args.batch_size, args.image_size
-    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    fmt = torch.channels_last if pretrain_args(args).channels_last else torch.contiguous_format
     crops = [torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt) for _ in range(2)]
     corner = [torch.rand(b, 2, generator=g) * 0.4 for _ in range(2)]
     boxes = [torch.cat([c, c + 0.5], dim=1).to(device) for c in corner]
-    flags = [(torch.rand(b, generator=g) < 0.5).to(device) for _ in range(2)]
-    return crops, boxes, flags
+    flipped = [(torch.rand(b, generator=g) < 0.5).to(device) for _ in range(2)]
+    return crops, boxes, flipped
+
+
+def plain_resnet_step(args: argparse.Namespace, device: torch.device):
+    """A supervised torchvision ResNet step of both views' images (2B), in our step's precision and layout."""
+    torch.manual_seed(0)
+    settings = pretrain_args(args)
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    net = getattr(torchvision.models, args.arch)().to(device, memory_format=fmt)
+    if args.compile:
+        net.compile()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
+    dtype = amp_dtype(args)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+    g = torch.Generator().manual_seed(0)
+    b, s = 2 * args.batch_size, args.image_size
+    images = torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 1000, (b,), generator=g).to(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "none" else nullcontext():
+            loss = nn.functional.cross_entropy(net(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def bench_step(args: argparse.Namespace, device: torch.device) -> None:
-    model = build_model(args, device)
-    optimizer = LARS([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=1e-5)
-    dtype = amp_dtype(args)
-    autocast = torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "none" else nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
-    crops, boxes, flags = synthetic_batch(args, device)
+    """Our training step and a plain ResNet step, alternating (the order flips every round, so drifts in the
+    machine's speed hit both); also the cost of the step's undo snapshot and finiteness check on their own."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    rounds = args.warmup + args.steps
+    trainer = build_trainer(pretrain_args(args), DistInfo(0, 1, device), iters_per_epoch=rounds)
+    crops, boxes, flipped = synthetic_batch(args, device)
+    plain = plain_resnet_step(args, device)
+    results = []
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(args.warmup + args.steps):
-        synchronize(device)
-        start = time.perf_counter()
-        model.update_teacher(0.996)
-        with autocast:
-            out = model(crops, boxes, flags)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out["loss"]).backward()
-        if not torch.isfinite(out["loss"]).item():  # the training loop's one sync per step
-            continue
-        if scaler.is_enabled():
-            scaler.unscale_(optimizer)
-        scaler.step(optimizer)
-        scaler.update()
-        synchronize(device)
+
+    def ours(i: int = 0) -> None:
+        results.append(trainer.step(crops, boxes, flipped, iteration=i))
+
+    def guard() -> None:
+        trainer.snapshot.take()
+        trainer.snapshot.live_is_finite().item()
+
+    times: dict[str, list[float]] = {"ours": [], "plain": [], "guard": []}
+    for i in range(rounds):
+        order = [("ours", lambda i=i: ours(i)), ("plain", plain)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t = timed(fn, device)
+            if i >= args.warmup:
+                times[name].append(t)
+        t = timed(guard, device)
         if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step = float(np.median(times))
+            times["guard"].append(t)
+    step, plain_step, guard_s = (float(np.median(times[k])) for k in ("ours", "plain", "guard"))
+    ratios = [a / b for a, b in zip(times["ours"], times["plain"], strict=True)]
+    snapshot_bytes = sum(t.numel() * t.element_size() for t in trainer.snapshot.copies)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    last = results[-1].losses
     emit({"mode": "step", **config(args), "step_s": round(step, 4), "img_per_s": round(args.batch_size / step, 1),
-          "peak_memory_gib": None if memory is None else round(memory, 2), "loss": out["loss"].item(),
-          "active_slots": round(out["active_slots"].item(), 1),
-          "host_syncs_in_forward": count_host_syncs(model, autocast, crops, boxes, flags, device)}, args)
+          "plain_resnet_step_s": round(plain_step, 4), "step_vs_plain_resnet": round(step / plain_step, 3),
+          "step_vs_plain_resnet_range": [round(min(ratios), 3), round(max(ratios), 3)],
+          "undo_snapshot_and_check_s": round(guard_s, 5), "undo_snapshot_fraction_of_step": round(guard_s / step, 4),
+          "undo_snapshot_gib": round(snapshot_bytes / 2**30, 3),
+          "nonfinite_steps": sum(not r.finite for r in results),
+          "peak_memory_gib": None if memory is None else round(memory, 2), "loss": last["loss"].item(),
+          "active_slots": round(last["active_slots"].item(), 1),
+          "host_syncs_in_forward": count_host_syncs(lambda: trainer.model(crops, boxes, flipped), trainer, device),
+          "host_syncs_per_step": count_host_syncs(lambda: ours(len(trainer.lr_schedule) - 1), trainer, device)}, args)
 
 
-def count_host_syncs(model, autocast, crops, boxes, flags, device: torch.device) -> int | None:
-    """How many times one forward pass (all losses included) makes the host wait for the GPU."""
+def count_host_syncs(fn, trainer, device: torch.device) -> int | None:
+    """How many times ``fn`` makes the host wait for the GPU."""
     if device.type != "cuda":
         return None
     synchronize(device)
+    autocast = torch.autocast(device.type, dtype=trainer.amp_dtype) if trainer.amp_dtype else nullcontext()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with autocast:
-                model(crops, boxes, flags)
+                fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     # Count the per-operation warnings only: the first switch to "warn" adds a one-off prototype notice.
@@ -308,20 +363,15 @@ def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
 def check_devices(args: argparse.Namespace, device: torch.device) -> None:
     """The same weights and batch give the same losses on the CPU and on ``device`` (fp32, eval-free)."""
     results = {}
+    settings = pretrain_args(args, channels_last=False, compile=False)
     for dev in (torch.device("cpu"), device):
-        model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes)
-        model.load_state_dict(build_model_state(args))
-        model = model.to(dev)
-        crops, boxes, flags = synthetic_batch(args, dev, seed=1, batch=min(args.batch_size, 8))
+        torch.manual_seed(0)
+        model = build_model(settings, torch.device("cpu")).to(dev)  # built on the CPU: the same weights
+        crops, boxes, flipped = synthetic_batch(args, dev, seed=1, batch=min(args.batch_size, 8))
         with torch.no_grad():
-            out = model(crops, boxes, flags)
+            out = model(crops, boxes, flipped)
         results[dev.type] = {k: out[k].item() for k in ("loss", "loss_group", "loss_slot")}
     emit({"mode": "check", **config(args), "cpu": results["cpu"], device.type: results[device.type]}, args)
-
-
-def build_model_state(args: argparse.Namespace) -> dict:
-    torch.manual_seed(0)
-    return SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).state_dict()
 
 
 def _count_flops(fn) -> int:
@@ -366,15 +416,15 @@ def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
     del device
     meta = torch.device("meta")
     b, s = args.batch_size, args.image_size
-    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, num_prototypes=args.num_prototypes).to(meta)
+    model: SlotCon = build_model(pretrain_args(args, channels_last=False, compile=False), meta)
     crops = [torch.empty(b, 3, s, s, device=meta) for _ in range(2)]
     boxes = [torch.empty(b, 4, device=meta) for _ in range(2)]
-    flags = [torch.empty(b, dtype=torch.bool, device=meta) for _ in range(2)]
+    flipped = [torch.empty(b, dtype=torch.bool, device=meta) for _ in range(2)]
     parts = {"backbones": (model.encoder_q, model.encoder_k), "projectors": (model.projector_q, model.projector_k),
              "predictor": (model.predictor_slot,)}
     calls, handles = _record_calls({f"{name}.{i}": m for name, ms in parts.items() for i, m in enumerate(ms)})
     loss = {}
-    forward = _count_flops(lambda: loss.update(model(crops, boxes, flags)))
+    forward = _count_flops(lambda: loss.update(model(crops, boxes, flipped)))
     for handle in handles:
         handle.remove()
     backward = _count_flops(lambda: loss["loss"].backward())
