@@ -15,10 +15,11 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # Each flag's allowed values: (flags, test, what the message says they must be).
-FLAG_RULES: list[tuple[tuple[str, ...], object, str]] = [
+FLAG_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("batch_size", "dim_hidden", "dim_out", "num_prototypes", "epochs", "start_epoch", "save_freq", "print_freq",
       "warmup_multiplier", "max_nonfinite_steps"), lambda v: v >= 1, "an integer >= 1"),
     (("num_workers", "warmup_epoch", "keep_last", "tb_image_freq", "eval_freq"), lambda v: v >= 0,
@@ -141,7 +142,7 @@ def flag_problems(args: argparse.Namespace, world_size: int) -> list[str]:
     if args.image_size % args.output_stride or args.image_size < 32:
         problems.append(f"--image-size {args.image_size} must be a multiple of --output-stride {args.output_stride} "
                         "and at least 32")
-    if math.isfinite(args.base_lr) and not args.base_lr * args.batch_size / 256 < torch.finfo(torch.float32).max:
+    if math.isfinite(args.base_lr) and not scaled_lr(args) < torch.finfo(torch.float32).max:
         problems.append(f"--base-lr {args.base_lr}: the learning rate for batch {args.batch_size} overflows float32")
     if args.device is not None:
         problems += device_problems(args.device)
@@ -238,7 +239,7 @@ def main(args: argparse.Namespace) -> None:
     if info.is_main:
         logger.info("args: %s", json.dumps(vars(args), sort_keys=True))
         logger.info("%d images, %d iterations per epoch, %d in total; lr %.4g", len(files), iters_per_epoch,
-                    len(trainer.lr_schedule), trainer.lr_schedule.max())
+                    len(trainer.lr_schedule), scaled_lr(args))
         (Path(args.output_dir) / "config.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
     writer = make_writer(args, info)
     monitor = None
@@ -279,6 +280,11 @@ def fill_device_defaults(args: argparse.Namespace, info: DistInfo) -> None:
     args.batch_size_per_gpu = args.batch_size // info.world_size
 
 
+def scaled_lr(args: argparse.Namespace) -> float:
+    """The peak learning rate: ``--base-lr`` for a total batch of 256, scaled linearly."""
+    return args.base_lr * args.batch_size / 256
+
+
 def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
     """The SlotCon of ``args`` on ``device`` (in its memory format, compiled with ``--compile``)."""
     model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, dim_out=args.dim_out,
@@ -301,7 +307,7 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
         convert_to_sync_batchnorm(slotcon, use_torch_sync=info.device.type == "cuda")
         model = DistributedDataParallel(slotcon, device_ids=[info.device] if info.device.type == "cuda" else None,
                                         broadcast_buffers=False)
-    lr = args.base_lr * args.batch_size / 256
+    lr = scaled_lr(args)
     params = [p for p in slotcon.parameters() if p.requires_grad]
     if args.optimizer == "lars":
         optimizer = LARS(params, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum)
