@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# SlotCon R50 on COCO, 800 epochs, 256 prototypes, total batch 512 (8 GPUs x 64 by default).
-# Override: DATA_DIR, OUTPUT_DIR, GPUS (the total batch stays 512; GPUS=0 runs on the CPU).
+# SlotCon R50 on COCO train2017, 800 epochs, 256 prototypes, total batch 512 (8 GPUs x 64 by default).
+# Override: DATA_DIR, OUTPUT_DIR, GPUS (the total batch stays 512; GPUS=0 runs on the CPU); flags given to this
+# script come last, so they override the recipe's (see pretrain_r50.sh).
 set -euo pipefail
-export DATA_DIR=${DATA_DIR:-./datasets/coco/}
-export OUTPUT_DIR=${OUTPUT_DIR:-./output/slotcon_coco_r50_800ep}
-exec "$(dirname "$0")/pretrain_r50.sh" --dataset COCO --num-prototypes 256 --epochs 800 --save-freq 50 "$@"
+DATA_DIR=${DATA_DIR:-./datasets/coco/}
+OUTPUT_DIR=${OUTPUT_DIR:-./output/slotcon_coco_r50_800ep}
+RECIPE=(--dataset COCO --num-prototypes 256 --epochs 800 --save-freq 50)
+source "$(dirname "$0")/pretrain_r50.sh"

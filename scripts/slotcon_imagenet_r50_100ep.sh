@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# SlotCon R50 on ImageNet, 100 epochs, 2048 prototypes, total batch 512 (8 GPUs x 64 by default).
-# Override: DATA_DIR, OUTPUT_DIR, GPUS (the total batch stays 512; GPUS=0 runs on the CPU).
+# SlotCon R50 on ImageNet-1k train, 100 epochs, 2048 prototypes, total batch 512 (8 GPUs x 64 by default).
+# Override: DATA_DIR, OUTPUT_DIR, GPUS (the total batch stays 512; GPUS=0 runs on the CPU); flags given to this
+# script come last, so they override the recipe's (see pretrain_r50.sh).
 set -euo pipefail
-export DATA_DIR=${DATA_DIR:-./datasets/imagenet/}
-export OUTPUT_DIR=${OUTPUT_DIR:-./output/slotcon_imagenet_r50_100ep}
-exec "$(dirname "$0")/pretrain_r50.sh" --dataset ImageNet --num-prototypes 2048 --epochs 100 --save-freq 5 "$@"
+DATA_DIR=${DATA_DIR:-./datasets/imagenet/}
+OUTPUT_DIR=${OUTPUT_DIR:-./output/slotcon_imagenet_r50_100ep}
+RECIPE=(--dataset ImageNet --num-prototypes 2048 --epochs 100 --save-freq 5)
+source "$(dirname "$0")/pretrain_r50.sh"
