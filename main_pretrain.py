@@ -244,7 +244,11 @@ def main(args: argparse.Namespace) -> None:
     writer = make_writer(args, info)
     monitor = None
     if info.is_main:  # pictures need TensorBoard; the online evaluation runs without it and goes to the log
-        monitor = Monitor(writer, files, args.image_size, device, args.tb_image_freq, args.eval_data, args.eval_freq)
+        try:
+            monitor = Monitor(writer, files, args.image_size, device, args.tb_image_freq, args.eval_data,
+                              args.eval_freq)
+        except ValueError as e:  # --eval-data that holds no readable demo scenes
+            raise SystemExit(f"--eval-data: {e}") from None
     saver = Saver(args, info, trainer, iters_per_epoch, logger, resumed_from)
     preempted = PreemptionFlag()
     state = LoopState(iteration, args.batch_size, args.max_nonfinite_steps, args.max_bad_image_fraction, args.data_dir)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.images import UnreadableImageError, open_image
 from data.transforms import TwoViewCrop
+from utils.logger import printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 logger = logging.getLogger("slotcon")
@@ -63,8 +64,9 @@ class TwoViewDataset(Dataset):
     """Yields both views of an image: uint8 HWC crops, overlap boxes, flip flags.
 
     Indexed by ``(index, seed)`` pairs from ``data.sampler.ResumableSampler``: the seed drives every
-    random draw for that sample. An unreadable file is skipped (another image is drawn with the same
-    seed) and its path returned under ``skipped``, so the training loop can count and report it.
+    random draw for that sample. An unreadable file (``data.images``: undecodable, a decompression bomb, a
+    mode it refuses) is skipped, with its path logged; another image is drawn with the same seed, and the
+    path is returned under ``skipped``, so the training loop can count and report it.
     """
 
     def __init__(self, files: Sequence[str] | np.ndarray, transform: TwoViewCrop, max_retries: int = 50) -> None:
@@ -82,10 +84,10 @@ class TwoViewDataset(Dataset):
         for _ in range(self.max_retries):
             path = str(self.files[index])
             try:
-                with Image.open(path) as image:
+                with open_image(path) as image:
                     views = self.transform(image, rng)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                logger.warning("skipping unreadable image %s (%s)", path, e)
+            except UnreadableImageError as e:
+                logger.warning("skipping %s", e)
                 skipped.append(path)
                 index = rng.randrange(len(self.files))
                 continue
@@ -95,7 +97,7 @@ class TwoViewDataset(Dataset):
                 "flipped": [torch.tensor(f) for f in views.flipped],
                 "skipped": skipped,
             }
-        raise DatasetError(f"{self.max_retries} images in a row could not be read, the last {skipped[-1]}")
+        raise DatasetError(f"{self.max_retries} images in a row could not be read, the last {printable(skipped[-1])}")
 
 
 def collate_two_views(samples: list[dict]) -> dict:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from data.images import to_rgb
+
 # PIL reduces JPEG decoding by at most 1/8.
 _MAX_DRAFT_REDUCTION = 8
 
@@ -131,8 +133,10 @@ class TwoViews:
 class TwoViewCrop:
     """Sample two overlapping crops of a PIL image, resize them (bicubic) and flip each with p=0.5.
 
-    The JPEG is decoded at a reduced size (PIL ``draft``) when both crops are large enough that no
-    detail reaching the ``size`` x ``size`` output is lost.
+    Give it the image opened lazily (``data.images.open_image``): a JPEG is then decoded at a reduced size
+    (PIL ``draft``) when both crops are large enough that no detail reaching the ``size`` x ``size`` output
+    is lost. Decoding and the conversion to RGB are ``data.images.to_rgb``'s (it raises
+    ``UnreadableImageError`` for a file that cannot be decoded).
     """
 
     def __init__(self, size: int = 224, min_scale: float = 0.08, flip_prob: float = 0.5) -> None:
@@ -149,8 +153,7 @@ class TwoViewCrop:
         reduction = draft_reduction(list(crops_in_image), self.size) if image.format == "JPEG" else 1
         if reduction > 1:
             image.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_rgb(image)
         sx, sy = image.size[0] / width, image.size[1] / height
 
         crops, boxes, flipped = [], [], []

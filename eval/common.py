@@ -1,4 +1,6 @@
-"""Shared pieces of the evaluations: building the model, command-line options, batched feature extraction.
+"""Shared pieces of the evaluations: building the model, batched feature extraction, and the command-line
+runner every evaluation CLI is (``Evaluation`` + ``run_evaluation``: arguments, device, model(s), the
+evaluation, a table and JSON).
 
 BatchNorm: every model, trained or random, is evaluated with BN in eval mode (running statistics). A
 random-init network's running statistics are the defaults (mean 0, variance 1), so its BN layers reduce to
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from data.photometric import normalize_uint8
 from eval.datasets import DATASETS, build_dataset
 from models.slotcon import SlotConTeacher
-from models.weights import load_teacher
+from models.weights import load_teacher, teacher_config
+from utils.checkpoint import load_checkpoint
 
 RANDOM = "random"
 # SlotCon's default network; a random model uses these unless told otherwise.
@@ -79,8 +83,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(checkpoint: str, config: dict[str, Any] | None = None, seed: int = 0,
-                device: torch.device | str = "cpu", student: bool = False) -> SlotConTeacher:
+def build_teacher(checkpoint: str, config: dict[str, Any] | None = None, seed: int = 0,
+                  device: torch.device | str = "cpu", student: bool = False) -> SlotConTeacher:
     """The teacher network of a checkpoint (ours or official), or ``"random"``: a seeded random init of
     ``config`` (``SlotConTeacher.build`` arguments; missing ones from ``DEFAULT_CONFIG``). Always in eval mode.
     """
@@ -101,8 +105,7 @@ def base_dataset(dataset: Dataset) -> Any:
 
 def _collate(samples: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tensor, Tensor, Tensor | None]:
     images, semantic, instance = zip(*samples, strict=True)
-    has_instances = instance[0] is not None
-    return torch.stack(images), torch.stack(semantic), torch.stack(instance) if has_instances else None
+    return torch.stack(images), torch.stack(semantic), None if instance[0] is None else torch.stack(instance)
 
 
 @torch.no_grad()
@@ -166,7 +169,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def random_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The explicitly given ``--arch`` / dims, for ``build_model``."""
+    """The explicitly given ``--arch`` / dims, for ``build_teacher``."""
     given = {"arch": args.arch, "dim_hidden": args.dim_hidden, "dim_out": args.dim_out,
              "num_prototypes": args.num_prototypes}
     return {k: v for k, v in given.items() if v is not None}
@@ -225,6 +228,75 @@ def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> s
                  for c in columns]
         lines.append("  ".join([name.ljust(name_width), *(v.rjust(w) for v, w in zip(cells, widths, strict=True))]))
     return "\n".join(lines)
+
+
+def split_features(args: argparse.Namespace, model: SlotConTeacher, device: torch.device, split: str) -> SplitFeatures:
+    """``extract_features`` of the ``split`` of ``--dataset`` (cut to ``--max-images``)."""
+    return extract_features(model, load_split(args, split), args.batch_size, device, args.workers)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation command line: ``evaluate(args, model, device)`` computes a result dict for one model,
+    ``summary_row`` picks its headline numbers for the table, ``describe(args, result)`` is the line printed
+    above it; ``add_options`` adds the evaluation's own flags and ``check(args)`` rejects bad ones before any work.
+    With ``multiple`` the CLI takes ``--checkpoints`` and its JSON holds ``{"models": {name: result}}``.
+    """
+
+    prog: str
+    description: str
+    evaluate: Callable[[argparse.Namespace, SlotConTeacher, torch.device], dict[str, Any]]
+    summary_row: Callable[[dict[str, Any]], dict[str, float]]
+    describe: Callable[[argparse.Namespace, dict[str, Any]], str]
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None
+    check: Callable[[argparse.Namespace], None] | None = None
+    multiple: bool = False
+
+
+def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, evaluate each model, print the table, write ``--output-json``; 0, or 2 after a one-line error.
+
+    A ``random`` model takes ``--arch`` / ``--dim-*`` / ``--num-prototypes``; without them, the network of the
+    first checkpoint file in the list (so the baseline is the same network), else ``DEFAULT_CONFIG``.
+    """
+    parser = argparse.ArgumentParser(prog=evaluation.prog, description=evaluation.description)
+    add_model_args(parser, multiple=evaluation.multiple)
+    add_data_args(parser)
+    if evaluation.add_options is not None:
+        evaluation.add_options(parser)
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        check_args(args)
+        if evaluation.check is not None:
+            evaluation.check(args)
+        device = resolve_device(args.device)
+        checkpoints = args.checkpoints if evaluation.multiple else [args.checkpoint]
+        names = [model_name(c) for c in checkpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two checkpoints share a name ({', '.join(names)}); rename one")
+        config = random_config(args)
+        files = [c for c in checkpoints if c != RANDOM]
+        if RANDOM in checkpoints and files and not config:
+            config = teacher_config(load_checkpoint(files[0]))
+        results: dict[str, dict[str, Any]] = {}
+        for checkpoint, name in zip(checkpoints, names, strict=True):
+            start = time.perf_counter()
+            model = build_teacher(checkpoint, config, args.seed, device, args.student)
+            result = evaluation.evaluate(args, model, device)
+            result.update(checkpoint=checkpoint, dataset=args.dataset, summary=evaluation.summary_row(result),
+                          seconds=time.perf_counter() - start)
+            results[name] = result
+            print(evaluation.describe(args, result))
+        rows = {name: result["summary"] for name, result in results.items()}
+        print(format_table(rows, list(dict.fromkeys(c for row in rows.values() for c in row))))
+        if args.output_json:
+            payload = ({"dataset": args.dataset, "data_dir": args.data_dir, "models": results}
+                       if evaluation.multiple else results[names[0]])
+            write_json(args.output_json, payload)
+        return 0
+
+    return run_cli(evaluation.prog, run)
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> int:

@@ -3,6 +3,9 @@
 Every dataset yields ``(image, semantic, instance)``: a uint8 RGB tensor [3, S, S] (normalised later, on
 the device), a uint8 label map [S, S] with ``IGNORE_INDEX`` for unlabelled pixels, and a uint8
 instance map [S, S] (0 = none) or ``None`` where the dataset has no instances.
+
+Files are read by ``data.images`` (the rules training uses); an unreadable one stops the evaluation with
+``UnreadableImageError``'s one line, as a score over a silently smaller set would not be comparable.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from data.demo_scenes import DemoScenes
+from data.images import read_label_map, read_rgb, resize_center_crop
 
 IGNORE_INDEX = 255
 DATASETS = ("demo", "cocostuff27")
@@ -34,23 +38,8 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def resize_shorter_center_crop(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Scale so the shorter side is ``size`` (aspect kept), then cut the central ``size`` x ``size`` square."""
-    width, height = image.size
-    scale = size / min(width, height)
-    # The shorter side is set exactly; rounding only ever touches the longer one.
-    new_width = size if width <= height else max(size, round(width * scale))
-    new_height = size if height < width else max(size, round(height * scale))
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), resample)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 class DemoSegmentation(Dataset):
     """The demo scenes: 11 classes (0 = background, 1..10 = Fashion-MNIST classes) and instance maps."""
-
-    has_instances = True
 
     def __init__(self, root: str | Path, split: str, image_size: int) -> None:
         self.scenes = DemoScenes(root, split)
@@ -62,14 +51,13 @@ class DemoSegmentation(Dataset):
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> Sample:
-        image, semantic, instance = self.scenes[index]
-        size = (self.image_size, self.image_size)
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-            # Label maps are resampled nearest so every pixel keeps a real id.
-            semantic = np.asarray(Image.fromarray(semantic).resize(size, Image.Resampling.NEAREST))
-            instance = np.asarray(Image.fromarray(instance).resize(size, Image.Resampling.NEAREST))
-        return image_to_tensor(image), torch.from_numpy(semantic.copy()), torch.from_numpy(instance.copy())
+        image = resize_center_crop(read_rgb(self.scenes.image_paths[index]), self.image_size)
+        # Label maps are resampled nearest so every pixel keeps a real id.
+        semantic, instance = (
+            np.array(resize_center_crop(Image.fromarray(read_label_map(path)), self.image_size,
+                                        resample=Image.Resampling.NEAREST))
+            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index]))
+        return image_to_tensor(image), torch.from_numpy(semantic), torch.from_numpy(instance)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,17 +135,6 @@ def cocostuff_coarse_lut() -> np.ndarray:
     return lut
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as handle:
-            # A copy owns its pixels; the original is released when the file closes.
-            return handle.copy()
-    except FileNotFoundError:
-        raise EvalDataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise EvalDataError(f"{path}: cannot read image ({exc})") from None
-
-
 class CocoStuff27(Dataset):
     """COCO-Stuff-27 in PiCIE's curated layout, under ``root``::
 
@@ -169,7 +146,6 @@ class CocoStuff27(Dataset):
     ``image_size``; bilinear / nearest) and centre-cropped to a square.
     """
 
-    has_instances = False
     split_dirs: ClassVar[dict[str, str]] = {"train": "train2017", "eval": "val2017"}
     list_name = "Coco164kFull_Stuff_Coarse_7.txt"
 
@@ -195,19 +171,16 @@ class CocoStuff27(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
-        image = _open_image(self.root / "images" / self.folder / f"{image_id}.jpg").convert("RGB")
+        image = read_rgb(self.root / "images" / self.folder / f"{image_id}.jpg")
         label_path = self.root / "annotations" / self.folder / f"{image_id}.png"
-        fine = np.asarray(_open_image(label_path))
-        if fine.ndim != 2 or fine.dtype != np.uint8:
-            raise EvalDataError(f"{label_path}: expected a single-channel uint8 label map, got {fine.dtype} "
-                                f"{fine.shape}")
+        fine = read_label_map(label_path)
         if fine.shape[::-1] != image.size:
             raise EvalDataError(f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is "
                                 f"{image.size[0]}x{image.size[1]}")
         # Mapping first is exact: nearest resampling only moves label values around.
         coarse = Image.fromarray(self.lut[fine])
-        image = resize_shorter_center_crop(image, self.image_size, Image.Resampling.BILINEAR)
-        coarse = resize_shorter_center_crop(coarse, self.image_size, Image.Resampling.NEAREST)
+        image = resize_center_crop(image, self.image_size)
+        coarse = resize_center_crop(coarse, self.image_size, resample=Image.Resampling.NEAREST)
         return image_to_tensor(image), torch.from_numpy(np.array(coarse, dtype=np.uint8)), None
 
 

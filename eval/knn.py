@@ -25,21 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eval.common import (
-    SplitFeatures,
-    add_data_args,
-    add_model_args,
-    build_model,
-    check_args,
-    extract_features,
-    format_table,
-    load_split,
-    model_name,
-    random_config,
-    resolve_device,
-    run_cli,
-    write_json,
-)
+from eval.common import Evaluation, SplitFeatures, run_evaluation, split_features
+from models.slotcon import SlotConTeacher
 
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
@@ -114,33 +101,32 @@ def summary_row(result: dict[str, Any]) -> dict[str, float]:
     return {"knn_top1": result["top1"]}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.knn", description=__doc__.splitlines()[0])
-    add_model_args(parser)
-    add_data_args(parser)
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours (default 20)")
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="vote temperature")
-    args = parser.parse_args(argv)
 
-    def run() -> int:
-        check_args(args)
-        if args.dataset != "demo":
-            raise ValueError("k-NN object classification needs instance maps: only --dataset demo has them")
-        device = resolve_device(args.device)
-        train_set, eval_set = load_split(args, "train"), load_split(args, "eval")
-        model = build_model(args.checkpoint, random_config(args), args.seed, device, args.student)
-        train = extract_features(model, train_set, args.batch_size, device, args.workers)
-        evaluation = extract_features(model, eval_set, args.batch_size, device, args.workers)
-        result = run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
-        result.update(checkpoint=args.checkpoint, dataset=args.dataset)
-        print(f"k-NN (k={args.k}, T={args.temperature}) on mask-pooled C5: {result['num_train_instances']} train / "
-              f"{result['num_eval_instances']} eval instances")
-        print(format_table({model_name(args.checkpoint): summary_row(result)}, list(summary_row(result))))
-        if args.output_json:
-            write_json(args.output_json, result)
-        return 0
 
-    return run_cli("eval.knn", run)
+def check_dataset(args: argparse.Namespace) -> None:
+    if args.dataset != "demo":
+        raise ValueError("k-NN object classification needs instance maps: only --dataset demo has them")
+
+
+def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+    train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
+    return run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
+
+
+def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    return (f"k-NN (k={args.k}, T={args.temperature}) on mask-pooled C5: {result['num_train_instances']} train / "
+            f"{result['num_eval_instances']} eval instances")
+
+
+EVALUATION = Evaluation("python -m eval.knn", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options,
+                        check_dataset)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_evaluation(EVALUATION, argv)
 
 
 if __name__ == "__main__":

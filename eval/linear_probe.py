@@ -24,23 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.common import (
-    SplitFeatures,
-    add_data_args,
-    add_model_args,
-    build_model,
-    check_args,
-    extract_features,
-    format_table,
-    load_split,
-    model_name,
-    random_config,
-    resolve_device,
-    run_cli,
-    write_json,
-)
+from eval.common import Evaluation, SplitFeatures, run_evaluation, split_features
 from eval.datasets import IGNORE_INDEX
 from eval.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from models.slotcon import SlotConTeacher
 
 DEFAULT_EPOCHS = 10
 DEFAULT_LR = 1e-2
@@ -125,31 +112,27 @@ def summary_row(result: dict[str, Any]) -> dict[str, float]:
     return {"linear_miou": result["miou"], "linear_acc": result["pixel_accuracy"]}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.linear_probe", description=__doc__.splitlines()[0])
-    add_model_args(parser)
-    add_data_args(parser)
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate")
-    args = parser.parse_args(argv)
 
-    def run() -> int:
-        check_args(args)
-        device = resolve_device(args.device)
-        train_set, eval_set = load_split(args, "train"), load_split(args, "eval")
-        model = build_model(args.checkpoint, random_config(args), args.seed, device, args.student)
-        train = extract_features(model, train_set, args.batch_size, device, args.workers)
-        evaluation = extract_features(model, eval_set, args.batch_size, device, args.workers)
-        result = run_linear_probe(train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed)
-        result.update(checkpoint=args.checkpoint, dataset=args.dataset)
-        print(f"linear probe on C5, {args.dataset}: {len(train)} train / {len(evaluation)} eval images, "
-              f"{args.epochs} epochs")
-        print(format_table({model_name(args.checkpoint): summary_row(result)}, list(summary_row(result))))
-        if args.output_json:
-            write_json(args.output_json, result)
-        return 0
 
-    return run_cli("eval.linear_probe", run)
+def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+    train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
+    return run_linear_probe(train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed)
+
+
+def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    return (f"linear probe on C5, {args.dataset}: {result['num_train_images']} train / {result['num_eval_images']} "
+            f"eval images, {args.epochs} epochs")
+
+
+EVALUATION = Evaluation("python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe,
+                        add_options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_evaluation(EVALUATION, argv)
 
 
 if __name__ == "__main__":

@@ -22,41 +22,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from eval.common import (
-    Batch,
-    add_data_args,
-    add_model_args,
-    backbone_batches,
-    base_dataset,
-    build_model,
-    check_args,
-    format_table,
-    load_split,
-    model_name,
-    random_config,
-    resolve_device,
-    run_cli,
-    write_json,
-)
+from eval.common import Batch, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
 from eval.datasets import IGNORE_INDEX
 from eval.metrics import confusion_matrix, hungarian_match, majority_vote_match, matched_scores
+from models.grouping import pixel_assignments
 from models.slotcon import SlotConTeacher
-
-# Upsampled score maps are large ([K, H, W] per image); cap the floats held at once.
-_MAX_UPSAMPLED_ELEMENTS = 1 << 25
 
 
 @torch.no_grad()
 def cluster_map(model: SlotConTeacher, c5: Tensor, size: tuple[int, int]) -> Tensor:
     """Cluster id [B, H, W] of every pixel: argmax_k of the bilinearly upsampled prototype scores."""
-    scores = model.grouping_k.scores(model.projector_k(c5))
-    per_image = scores.shape[1] * size[0] * size[1]
-    chunk = max(1, _MAX_UPSAMPLED_ELEMENTS // per_image)
-    return torch.cat([F.interpolate(part, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
-                      for part in scores.split(chunk)])
+    return pixel_assignments(model.grouping_k.scores(model.projector_k(c5)), size)
 
 
 @torch.no_grad()
@@ -97,30 +75,25 @@ def summary_row(result: dict[str, Any]) -> dict[str, float]:
             "seg_majority_miou": majority["miou"], "seg_majority_acc": majority["pixel_accuracy"]}
 
 
+def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+    dataset = load_split(args, "eval")
+    source = base_dataset(dataset)
+    result = run_unsupervised_seg(model, backbone_batches(model, dataset, args.batch_size, device, args.workers),
+                                  source.num_classes, source.class_names)
+    result.update(split="eval", num_images=len(dataset), image_size=source.image_size)
+    return result
+
+
+def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    return (f"unsupervised segmentation, {args.dataset} eval ({result['num_images']} images, {result['num_classes']} "
+            f"classes, {result['active_clusters']}/{result['num_clusters']} prototypes used)")
+
+
+EVALUATION = Evaluation("python -m eval.unsupervised_seg", __doc__.splitlines()[0], evaluate, summary_row, describe)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.unsupervised_seg", description=__doc__.splitlines()[0])
-    add_model_args(parser)
-    add_data_args(parser)
-    args = parser.parse_args(argv)
-
-    def run() -> int:
-        check_args(args)
-        device = resolve_device(args.device)
-        dataset = load_split(args, "eval")
-        model = build_model(args.checkpoint, random_config(args), args.seed, device, args.student)
-        source = base_dataset(dataset)
-        result = run_unsupervised_seg(model, backbone_batches(model, dataset, args.batch_size, device, args.workers),
-                                      source.num_classes, source.class_names)
-        result.update(checkpoint=args.checkpoint, dataset=args.dataset, split="eval", num_images=len(dataset),
-                      image_size=source.image_size)
-        print(f"unsupervised segmentation, {args.dataset} eval ({len(dataset)} images, {result['num_classes']} "
-              f"classes, {result['active_clusters']}/{result['num_clusters']} prototypes used)")
-        print(format_table({model_name(args.checkpoint): summary_row(result)}, list(summary_row(result))))
-        if args.output_json:
-            write_json(args.output_json, result)
-        return 0
-
-    return run_cli("eval.unsupervised_seg", run)
+    return run_evaluation(EVALUATION, argv)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,39 @@ class SemanticGrouping(nn.Module):
         attn = attn / attn.sum(dim=(2, 3), keepdim=True)
         slots = torch.einsum("bdhw,bkhw->bkd", x, attn)
         return slots, dots
+
+
+# Upsampled score maps are large (K x H x W floats per image: 51 MB at 256 prototypes and 224 px); this caps
+# the upsampled floats held at once (128 MiB).
+MAX_UPSAMPLED_ELEMENTS = 1 << 25
+
+
+@torch.no_grad()
+def pixel_assignments(scores: Tensor, size: tuple[int, int], max_elements: int = MAX_UPSAMPLED_ELEMENTS) -> Tensor:
+    """The winning prototype of every pixel at image resolution: argmax_k of the bilinearly upsampled scores.
+
+    ``scores`` [N, K, h, w] (``SemanticGrouping.scores``) -> int64 [N, *size]. Bilinear upsampling treats each
+    prototype's map on its own, so the work runs in chunks of images and, when one image's maps alone exceed
+    ``max_elements``, of prototypes (a running maximum that keeps the first index on ties, as ``argmax``
+    does): at most ``max_elements`` upsampled floats exist at once, whatever N and K.
+    """
+    num_images, num_prototypes = scores.shape[:2]
+    pixels = size[0] * size[1]
+    images_per_chunk = max(1, max_elements // (num_prototypes * pixels))
+    prototypes_per_chunk = max(1, min(num_prototypes, max_elements // (images_per_chunk * pixels)))
+    labels = torch.empty((num_images, *size), dtype=torch.long, device=scores.device)
+    for start in range(0, num_images, images_per_chunk):
+        part = scores[start:start + images_per_chunk].float()
+        best = best_index = None
+        for first in range(0, num_prototypes, prototypes_per_chunk):
+            upsampled = F.interpolate(part[:, first:first + prototypes_per_chunk], size=size, mode="bilinear",
+                                      align_corners=False)
+            value, index = upsampled.max(dim=1)
+            if best is None:
+                best, best_index = value, index
+            else:
+                better = value > best
+                best = torch.where(better, value, best)
+                best_index = torch.where(better, index + first, best_index)
+        labels[start:start + part.shape[0]] = best_index
+    return labels

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from models.slotcon import TEACHER_PREFIXES, SlotConTeacher
@@ -15,11 +16,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict
 STUDENT_PREFIXES = tuple(p.replace("_k.", "_q.") for p in TEACHER_PREFIXES)
 
 
-def network_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dict[str, Tensor]:
-    """The teacher's (or student's) backbone, projector and prototypes, under the teacher's names.
-
-    Returns keys ``encoder_k.*``, ``projector_k.*``, ``grouping_k.*`` ready for ``SlotConTeacher``.
-    """
+def _pick_network(checkpoint: dict[str, Any], student: bool) -> dict[str, Tensor]:
     prefixes = STUDENT_PREFIXES if student else TEACHER_PREFIXES
     state = model_state_dict(checkpoint)
     picked = {}
@@ -28,15 +25,43 @@ def network_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dic
             if key.startswith(prefix):
                 picked[teacher_prefix + key[len(prefix):]] = value
     if not any(k.startswith("encoder_k.") for k in picked):
-        which = "student (encoder_q)" if student else "teacher (encoder_k)"
-        raise CheckpointError(f"checkpoint holds no {which} backbone weights; is it a full SlotCon checkpoint?")
+        raise CheckpointError(f"checkpoint holds no {_network(student)} backbone weights; is it a full SlotCon "
+                              "checkpoint?")
+    return picked
+
+
+def _network(student: bool) -> str:
+    return "student (encoder_q)" if student else "teacher (encoder_k)"
+
+
+def check_finite(state: dict[str, Tensor], what: str) -> None:
+    """Raise ``CheckpointError`` (one line) if any floating-point tensor of ``state`` holds NaN or Inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{len(bad)} of the {what}'s {len(state)} tensors hold NaN or Inf (e.g. {bad[0]}); "
+                              "refusing diverged weights: use an earlier checkpoint")
+
+
+def network_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dict[str, Tensor]:
+    """The teacher's (or student's) backbone, projector and prototypes, under the teacher's names.
+
+    Returns keys ``encoder_k.*``, ``projector_k.*``, ``grouping_k.*`` ready for ``SlotConTeacher``. Raises
+    ``CheckpointError`` when they are missing or any of them holds NaN or Inf.
+    """
+    picked = _pick_network(checkpoint, student)
+    check_finite(picked, f"{_network(student)} network")
     return picked
 
 
 def backbone_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dict[str, Tensor]:
-    """The backbone alone with torchvision ResNet names (``conv1.weight``, ``layer1.0.bn1.weight``...)."""
+    """The backbone alone with torchvision ResNet names (``conv1.weight``, ``layer1.0.bn1.weight``...).
+
+    Raises ``CheckpointError`` when it is missing or any of its tensors holds NaN or Inf.
+    """
     prefix = "encoder_k."
-    return {k[len(prefix):]: v for k, v in network_state_dict(checkpoint, student).items() if k.startswith(prefix)}
+    backbone = {k[len(prefix):]: v for k, v in _pick_network(checkpoint, student).items() if k.startswith(prefix)}
+    check_finite(backbone, f"{_network(student)} backbone")
+    return backbone
 
 
 def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +70,7 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     Sizes are read off the weights (they cannot disagree with them); the architecture, the
     temperature and the output stride come from the saved args, which both our and official checkpoints carry.
     """
-    state = network_state_dict(checkpoint)
+    state = _pick_network(checkpoint, student=False)
     args = checkpoint.get("args") or {}
     if "arch" not in args:
         raise CheckpointError("checkpoint has no args['arch']; cannot tell which ResNet it holds")
@@ -61,11 +86,22 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_teacher(path: str | os.PathLike, student: bool = False, map_location: str = "cpu") -> SlotConTeacher:
-    """Build a ``SlotConTeacher`` from a full checkpoint (ours or official) and load it strictly."""
+def load_teacher(path: str | os.PathLike, student: bool = False, map_location: str = "cpu",
+                 expected: dict[str, Any] | None = None) -> SlotConTeacher:
+    """Build a ``SlotConTeacher`` from a full checkpoint (ours or official) and load it strictly.
+
+    ``expected``: ``teacher_config`` entries the caller was told (e.g. ``{"num_prototypes": 256}`` from a
+    command line); one that the checkpoint contradicts raises ``CheckpointError``. Every error is one line
+    that starts with ``path``.
+    """
     checkpoint = load_checkpoint(path, map_location)
     try:
         config = teacher_config(checkpoint)
+        for key, value in (expected or {}).items():
+            if config[key] != value:
+                flag = "--" + key.replace("_", "-")
+                raise CheckpointError(f"the checkpoint holds a network with {flag} {config[key]}, not {value}: "
+                                      f"drop {flag} or pass {config[key]}")
         teacher = SlotConTeacher.build(**config)
         teacher.load_state_dict(network_state_dict(checkpoint, student))
     except (CheckpointError, RuntimeError, ValueError) as e:

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from data.demo_scenes import generate_scenes
 from eval import knn, linear_probe, report, unsupervised_seg
-from eval.common import build_model, resolve_device
+from eval.common import build_teacher, resolve_device
 from eval.datasets import (
     COCOSTUFF27_CLASSES,
     COCOSTUFF_FINE_CLASSES,
@@ -238,8 +238,8 @@ def test_pool_instances_equals_mean_of_upsampled_features() -> None:
 
 def test_random_model_is_seeded_and_in_eval_mode() -> None:
     config = {"arch": "resnet18", "dim_hidden": 32, "dim_out": 16, "num_prototypes": 8}
-    first, second = build_model("random", config, seed=5), build_model("random", config, seed=5)
-    other = build_model("random", config, seed=6)
+    first, second = build_teacher("random", config, seed=5), build_teacher("random", config, seed=5)
+    other = build_teacher("random", config, seed=6)
     assert not first.training and all(not m.training for m in first.modules())
     state, other_state = first.state_dict(), other.state_dict()
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in state.items())
@@ -255,7 +255,7 @@ def test_resolve_device_rejects_bad_names() -> None:
 
 
 def test_cluster_map_matches_teacher_forward() -> None:
-    model = build_model("random", {"arch": "resnet18", "dim_hidden": 32, "dim_out": 16, "num_prototypes": 8}, 0)
+    model = build_teacher("random", {"arch": "resnet18", "dim_hidden": 32, "dim_out": 16, "num_prototypes": 8}, 0)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = F.interpolate(model(images), size=(48, 48), mode="bilinear", align_corners=False).argmax(dim=1)

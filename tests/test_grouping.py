@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
-from models.grouping import SemanticGrouping
+from models.grouping import SemanticGrouping, pixel_assignments
 
 
 def test_grouping_matches_a_direct_loop_on_a_hand_built_map():
@@ -33,3 +35,14 @@ def test_grouping_matches_a_direct_loop_on_a_hand_built_map():
     np.testing.assert_allclose(slots[0].detach().numpy(), expected_slots, atol=1e-5)
     # The pixel along +x belongs to prototype 0 exactly (cosine 1).
     assert dots[0, 0, 0, 0].item() == np.float32(1.0)
+
+
+@pytest.mark.parametrize("max_elements", [1 << 25, 3 * 40 * 40, 40 * 40, 7])  # one chunk; images; prototypes; tiny
+def test_pixel_assignments_in_chunks_equal_one_upsampling_and_argmax(max_elements):
+    torch.manual_seed(0)
+    scores = torch.randn(5, 9, 6, 7)
+    scores[0, 3] = scores[0, 4]  # exact ties go to the first index, as argmax does
+    expected = F.interpolate(scores, size=(40, 40), mode="bilinear", align_corners=False).argmax(dim=1)
+    got = pixel_assignments(scores, (40, 40), max_elements=max_elements)
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    assert (expected[0] != 4).all()

@@ -7,6 +7,25 @@ import sys
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 written as ``\\xNN`` escapes.
+
+    Python hands such names around as strings holding lone surrogates (``surrogateescape``), which no UTF-8
+    stream accepts; the escapes show the original bytes instead.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class PrintableFormatter(logging.Formatter):
+    """A formatter whose lines every UTF-8 stream can write (see ``printable``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def setup_logger(output_dir: str | Path, rank: int, name: str = "slotcon") -> logging.Logger:
     """Rank 0 logs to stdout and ``log.txt``; rank r > 0 to ``log.txt.rank{r}`` only."""
     logger = logging.getLogger(name)
@@ -15,13 +34,13 @@ def setup_logger(output_dir: str | Path, rank: int, name: str = "slotcon") -> lo
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
+    fmt = PrintableFormatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
     if rank == 0:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(fmt)
         logger.addHandler(console)
     log_file = Path(output_dir) / ("log.txt" if rank == 0 else f"log.txt.rank{rank}")
-    file_handler = logging.FileHandler(log_file, mode="a")
+    file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
     file_handler.setFormatter(fmt)
     logger.addHandler(file_handler)
     return logger
