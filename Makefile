@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup transfer-demo
 
 # The stamps re-run pip only when a requirements file changed.
 $(VENV)/.core-installed: requirements.txt
@@ -21,8 +21,24 @@ setup: $(VENV)/.core-installed
 demo: $(VENV)/.core-installed
 	PYTHON=$(PY) bash scripts/demo.sh
 
-test: $(VENV)/.dev-installed
+# detectron2 is not on PyPI: `make test D2_SOURCE=FOLDER|TARBALL|GIT_URL` installs it first with
+# transfer/detection/install_detectron2.sh (.ci/run passes ../shared/vendor/'s tarball when there is one);
+# without it the detectron2 tests skip. The stamp is per source, so another source reinstalls.
+D2_SOURCE ?=
+D2_STAMP := $(VENV)/.detectron2-from-$(subst :,_,$(notdir $(D2_SOURCE)))
+
+$(D2_STAMP): $(wildcard $(D2_SOURCE)) transfer/detection/install_detectron2.sh \
+		transfer/detection/requirements-detectron2.txt | $(VENV)/.dev-installed
+	PYTHON=$(PY) bash transfer/detection/install_detectron2.sh $(D2_SOURCE)
+	touch $@
+
+test: $(VENV)/.dev-installed $(if $(D2_SOURCE),$(D2_STAMP))
 	$(PY) -m pytest -q
+
+# The paper's Table 1 in miniature: fine-tune Mask R-CNN and FCN on the demo scenes from the demo checkpoint
+# and from random weights (transfer/README.md). TRANSFER_ARGS: more options of transfer/demo_table.py.
+transfer-demo: $(VENV)/.dev-installed
+	PYTHONWARNINGS=ignore $(PY) -m transfer.demo_table $(TRANSFER_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .

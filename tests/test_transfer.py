@@ -13,7 +13,6 @@ import copy
 import math
 import os
 import pickle
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +22,11 @@ import pytest
 import torch
 import torchvision
 
-from models.slotcon import SlotCon
-from tests.mmcv_ext_stub import install as install_mmcv_ext_stub
+from tests.transfer_helpers import one_line_exit, save_slotcon_checkpoint, torchvision_name
 from transfer.detection import convert_pretrain_to_d2
 from transfer.detection.torchvision_maskrcnn import build_maskrcnn_from_checkpoint
 from transfer.segmentation import convert_pretrain_to_mm
+from transfer.segmentation.mmcv_ext import install as install_mmcv_ext_stub
 
 REPO = Path(__file__).resolve().parents[1]
 D2_KEYS_FILE = REPO / "tests" / "data" / "detectron2-r50-backbone-keys.txt"
@@ -37,33 +36,16 @@ CITY_CONFIG = SEG_CONFIGS / "cityscapes" / "fcn_d6_r50-d16_769x769_90k_cityscape
 ADE_CONFIG = SEG_CONFIGS / "ade20k" / "fcn_r50-d8_512x512_80k_ade20k.py"
 
 
-def _save_slotcon_checkpoint(path: Path, arch: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """Save a checkpoint the way our trainer does; return the teacher and student backbones (torchvision names)."""
-    torch.manual_seed(seed)
-    model = SlotCon(arch=arch, dim_hidden=64, dim_out=32, num_prototypes=8)
-    with torch.no_grad():  # make the teacher differ from the student in weights and in BN statistics
-        for name, tensor in model.encoder_k.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.add_(torch.rand_like(tensor) if "running_var" in name else torch.randn_like(tensor))
-            else:
-                tensor.fill_(7)
-    state = model.state_dict()
-    torch.save({"args": {"arch": arch, "batch_size": 8}, "model": {"module." + k: v for k, v in state.items()},
-                "epoch": 1}, path)
-    return {net: {k[len(prefix):]: v.clone() for k, v in state.items() if k.startswith(prefix)}
-            for net, prefix in (("teacher", "encoder_k."), ("student", "encoder_q."))}
-
-
 @pytest.fixture(scope="module")
 def r50(tmp_path_factory) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
     path = tmp_path_factory.mktemp("r50") / "slotcon_r50.pth"
-    return path, _save_slotcon_checkpoint(path, "resnet50", seed=0)
+    return path, save_slotcon_checkpoint(path, "resnet50", seed=0)
 
 
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
     path = tmp_path_factory.mktemp("r18") / "slotcon_r18.pth"
-    return path, _save_slotcon_checkpoint(path, "resnet18", seed=1)
+    return path, save_slotcon_checkpoint(path, "resnet18", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +63,6 @@ def _read_d2(path: Path) -> dict:
 def _d2_reference_keys() -> dict[str, tuple[int, ...]]:
     rows = [line.split("\t") for line in D2_KEYS_FILE.read_text().splitlines() if line and not line.startswith("#")]
     return {name: ast.literal_eval(shape) for name, shape in rows}
-
-
-def _torchvision_name(d2_name: str) -> str:
-    """The inverse renaming, written independently of the converter: detectron2 name -> torchvision name."""
-    name = d2_name.removeprefix("stem.")
-    name = re.sub(r"^res(\d)", lambda m: f"layer{int(m.group(1)) - 1}", name)
-    name = name.replace("shortcut.norm", "downsample.1").replace("shortcut", "downsample.0")
-    return re.sub(r"conv(\d)\.norm", r"bn\1", name)
-
-
-def _one_line_exit(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
-    message = str(excinfo.value.code)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 # ---------------------------------------------------------------------------------------------------- detectron2
@@ -125,7 +91,7 @@ def test_d2_r50_teacher_has_exactly_detectron2_names_shapes_and_values(r50, tmp_
     for d2_name, tv_name in pairs.items():
         np.testing.assert_array_equal(obj["model"][d2_name], teacher[tv_name].numpy())
     for d2_name, value in obj["model"].items():
-        np.testing.assert_array_equal(value, teacher[_torchvision_name(d2_name)].numpy(), err_msg=d2_name)
+        np.testing.assert_array_equal(value, teacher[torchvision_name(d2_name)].numpy(), err_msg=d2_name)
     assert int(obj["model"]["stem.conv1.norm.num_batches_tracked"]) == 7  # the teacher's, not the student's 0
 
 
@@ -205,11 +171,11 @@ def test_converters_reject_bad_input_with_one_line(converter, r18, tmp_path):
         out = tmp_path / f"{name}.out"
         with pytest.raises(SystemExit) as excinfo:
             converter.main([str(path), str(out)])
-        _one_line_exit(excinfo, str(path), fragment)
+        one_line_exit(excinfo, str(path), fragment)
         assert not out.exists()
     with pytest.raises(SystemExit) as excinfo:
         converter.main([str(r18[0]), str(tmp_path / "no" / "such" / "dir.out")])
-    _one_line_exit(excinfo, "does not exist")
+    one_line_exit(excinfo, "does not exist")
 
 
 def test_converter_cli_prints_no_traceback(tmp_path):
@@ -333,9 +299,13 @@ def test_torchvision_maskrcnn_gets_every_backbone_key_and_trains(r50, r18):
     optimizer.step()
     assert not torch.equal(model.backbone.body.conv1.weight.detach(), teacher["conv1.weight"])
 
-    with pytest.raises(SystemExit) as excinfo:
-        build_maskrcnn_from_checkpoint(r18[0], num_classes=3)
-    _one_line_exit(excinfo, "ResNet-18")
+    # Other depths get the same FPN layout on their own stage widths (BasicBlock: 64..512 channels).
+    model18 = build_maskrcnn_from_checkpoint(r18[0], num_classes=3)
+    body18 = model18.backbone.body.state_dict()
+    teacher18 = r18[1]["teacher"]
+    assert set(body18) == set(teacher18) and all(torch.equal(body18[k], v) for k, v in teacher18.items())
+    assert [m.in_channels for m in model18.backbone.fpn.inner_blocks.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        64, 128, 256, 512]
 
 
 # ---------------------------------------------------------------------------------------------------- mmsegmentation
@@ -514,10 +484,10 @@ def test_train_script_refuses_missing_or_unconverted_weights(mmseg, r50, tmp_pat
 
     with pytest.raises(SystemExit) as excinfo:
         train.build_config(train.parse_args([str(VOC_CONFIG)]))
-    _one_line_exit(excinfo, "SET_ME", "convert_pretrain_to_mm.py")
+    one_line_exit(excinfo, "SET_ME", "convert_pretrain_to_mm.py")
     with pytest.raises(SystemExit) as excinfo:
         train.build_config(train.parse_args([str(ADE_CONFIG), "--pretrained", str(r50[0])]))
-    _one_line_exit(excinfo, str(r50[0]), "convert it first")
+    one_line_exit(excinfo, str(r50[0]), "convert it first")
     with pytest.raises(SystemExit) as excinfo:
         train.build_config(train.parse_args([str(ADE_CONFIG), "--pretrained", "torchvision://resnet50"]))
-    _one_line_exit(excinfo, "refusing")
+    one_line_exit(excinfo, "refusing")

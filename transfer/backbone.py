@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -53,14 +54,24 @@ def reference_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
 
 
 def infer_depth(state: dict[str, Tensor]) -> int:
-    """The ResNet depth whose block layout matches the keys of ``state``; ValueError if none does."""
+    """The ResNet depth whose block layout matches the (torchvision) keys of ``state``; ValueError if none does."""
+    return depth_from_names(state, _BLOCK_KEY, stages=(1, 2, 3, 4), bottleneck_key="layer1.0.conv3.weight")
+
+
+def depth_from_names(names: Iterable[str], block_key: re.Pattern, stages: tuple[int, ...], bottleneck_key: str) -> int:
+    """The ResNet depth of a set of parameter names, in any naming scheme; ValueError if none matches.
+
+    ``block_key`` matches a block's names with groups (stage number, block index), ``stages`` are the four
+    stage numbers in order, ``bottleneck_key`` is a name only Bottleneck ResNets have.
+    """
     blocks: dict[int, set[int]] = {}
-    for key in state:
-        match = _BLOCK_KEY.match(key)
+    bottleneck = False
+    for key in names:
+        bottleneck = bottleneck or key == bottleneck_key
+        match = block_key.match(key)
         if match:
             blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-    per_stage = tuple(len(blocks.get(stage, ())) for stage in (1, 2, 3, 4))
-    bottleneck = "layer1.0.conv3.weight" in state
+    per_stage = tuple(len(blocks.get(stage, ())) for stage in stages)
     depth = _DEPTHS.get((bottleneck, per_stage))
     if depth is None:
         kind = "Bottleneck" if bottleneck else "BasicBlock"

@@ -42,6 +42,25 @@ fi
 pretrained_name=$(basename "$PRETRAINED")
 WORK_DIR=${WORK_DIR:-$work_base/${pretrained_name%.*}}
 
+# The GPUs asked for must exist; otherwise say in one line what to run on this machine instead, with the
+# same total batch of 16 (GPUS x train_dataloader.batch_size) that the configs' learning rates assume.
+if [[ "${DRY_RUN:-0}" != 1 ]]; then
+    available=$("${PYTHON:-python}" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null) || {
+        echo "${PYTHON:-python} cannot import torch: install requirements.txt first" >&2; exit 1; }
+    if (( available == 0 )); then
+        echo "dist_train.sh: $GPUS GPUs asked for but this machine has none; to train on its CPU (one process," \
+             "total batch 16) run instead: ${PYTHON:-python} $(dirname "$0")/train.py $CONFIG --pretrained $PRETRAINED" \
+             "--work-dir $WORK_DIR --cfg-options train_dataloader.batch_size=16 $*" >&2
+        exit 1
+    fi
+    if (( GPUS > available )); then
+        per_gpu=$(( 16 / available ))
+        echo "dist_train.sh: $GPUS GPUs asked for but this machine has $available; run instead:" \
+             "bash $0 $CONFIG $PRETRAINED $available train_dataloader.batch_size=$per_gpu $*" >&2
+        exit 1
+    fi
+fi
+
 cmd=("${PYTHON:-python}" -m torch.distributed.run --nproc_per_node="$GPUS" --master_port="${PORT:-29500}"
      "$SCRIPT_DIR/train.py" "$CONFIG" --pretrained "$PRETRAINED" --work-dir "$WORK_DIR" --launcher pytorch)
 if [[ $# -gt 0 ]]; then

@@ -1,12 +1,13 @@
-"""A test-only stand-in for ``mmcv._ext``, the compiled-op library that mmcv-lite does not ship.
+"""A stand-in for ``mmcv._ext``, the compiled-op library that mmcv-lite does not ship, for CPU runs and tests.
 
 mmsegmentation imports ``mmcv.ops`` at import time, and every ``mmcv.ops`` module asserts that the names
 it needs exist in ``mmcv._ext``. The ResNet backbones and FCN heads our transfer configs use call none of
-them, so a module that answers every name is enough to import mmseg on CPU. NMS and average RoIAlign
-are forwarded to torchvision (same box conventions); every other op raises ``NotImplementedError`` when
-called, so a test that reaches a compiled op fails loudly instead of computing garbage.
+them, so a module that answers every name is enough to import and train them with mmcv-lite (train.py
+installs it when full mmcv is absent, and says so). NMS and average RoIAlign are forwarded to torchvision
+(same box conventions); every other op raises ``NotImplementedError`` when called, so a model that reaches
+a compiled op fails loudly instead of computing garbage.
 
-Never install this on a machine with full mmcv: ``install()`` leaves a real ``mmcv._ext`` alone.
+``install()`` leaves a real ``mmcv._ext`` alone, so full mmcv always wins.
 """
 
 from __future__ import annotations
