@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import math
 import os
 import random
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -35,10 +36,19 @@ from data.transforms import TwoViewCrop
 from eval.monitor import Monitor
 from models import ARCHS, OUTPUT_STRIDES, SlotCon
 from models.norm import convert_to_sync_batchnorm
-from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, nonfinite_tensors, save_atomic
+from utils.checkpoint import (
+    EXIT_SAVE_FAILED,
+    CheckpointError,
+    CheckpointSaveError,
+    load_checkpoint,
+    model_state_dict,
+    nonfinite_tensors,
+    save_atomic,
+)
 from utils.distributed import DistInfo, init_distributed, sum_over_ranks
 from utils.lars import LARS
 from utils.logger import setup_logger
+from utils.run_lock import RunLockError, broadcast_text, hold_output_dir
 from utils.schedules import teacher_momentum, warmup_cosine_lr
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR1 after saving; requeue the job to continue
@@ -192,9 +202,17 @@ class PreemptionFlag:
 
 
 def main(args: argparse.Namespace) -> None:
+    preempted = PreemptionFlag()  # before any work: a SIGUSR1 during start-up must not kill the job unsaved
     check_args(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     info = init_distributed(args.device)
+    try:  # before the log: a second run must not write into the holder's log.txt
+        run_lock = hold_output_dir(args.output_dir, info.is_main)
+    except RunLockError as e:
+        raise SystemExit(str(e)) from None
+    logging.raiseExceptions = False  # a log file on a vanished disk must not print tracebacks over the real error
     logger = setup_logger(args.output_dir, info.rank)
+    if run_lock is not None and run_lock.unsupported:
+        logger.warning(run_lock.unsupported)
     device = info.device
     fill_device_defaults(args, info)
     seed = 0 if args.seed is None else args.seed
@@ -250,7 +268,8 @@ def main(args: argparse.Namespace) -> None:
         except ValueError as e:  # --eval-data that holds no readable demo scenes
             raise SystemExit(f"--eval-data: {e}") from None
     saver = Saver(args, info, trainer, iters_per_epoch, logger, resumed_from)
-    preempted = PreemptionFlag()
+    if run_lock is not None and run_lock.held:  # a save killed midway leaves its temp file; the target is intact
+        run_lock.remove_stale(".*.pth.*.tmp")
     state = LoopState(iteration, args.batch_size, args.max_nonfinite_steps, args.max_bad_image_fraction, args.data_dir)
     log = TrainLog(args, info, trainer, iters_per_epoch, logger, writer)
 
@@ -509,9 +528,10 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, augment: BatchAugment,
         crops = augment(batch["crops"])
         boxes = [b.to(device, non_blocking=True) for b in batch["boxes"]]
         flipped = [f.to(device, non_blocking=True) for f in batch["flipped"]]
+        # Ranks must agree on stopping and saving (a save is a collective): the flags ride in the step's all-reduce.
         result = trainer.step(crops, boxes, flipped, state.iteration,
-                              host_counts=[float(preempted.raised), float(len(batch["skipped"]))])
-        stop_signal, skipped = result.sums
+                              host_counts=[float(preempted.raised), float(len(batch["skipped"])), float(saver.due())])
+        stop_signal, skipped, save_due = result.sums
         if batch["skipped"]:
             log.logger.warning("unreadable images skipped: %s", ", ".join(batch["skipped"]))
         state.count_images(int(skipped))
@@ -520,7 +540,7 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, augment: BatchAugment,
         log.step(epoch, batch_index, state.iteration - 1, result.losses)
         if stop_signal:
             return True
-        if saver.due():
+        if save_due:
             saver.save(epoch - 1, state.iteration)
     return False
 
@@ -561,8 +581,11 @@ class TrainLog:
         if self.metrics_file is not None:
             record = {"iteration": iteration, "epoch": epoch, "lr": lr, "momentum": momentum,
                       "img_per_s": imgs_per_s, "max_memory_gib": memory_gib, **values}
-            with open(self.metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.metrics_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # the output directory went away or filled up: so would the next checkpoint
+                stop_on_io_error(self.logger, f"{self.metrics_file}: cannot append ({e.strerror})")
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, iteration)
@@ -588,9 +611,6 @@ class Saver:
         self.last_save = time.time()
         # The newest checkpoint known to be whole and finite: the one resumed from (checked by restore), then ours.
         self.last_good = None if resumed_from is None else f"{resumed_from} (the checkpoint this run resumed from)"
-        if info.is_main:  # a process killed while saving leaves its temp file behind; the target is intact
-            for stale in self.output.glob(".*.pth.*.tmp"):
-                stale.unlink(missing_ok=True)
 
     def due(self) -> bool:
         minutes = self.args.save_every_minutes
@@ -608,9 +628,19 @@ class Saver:
         }
 
     def save(self, completed_epoch: int, iteration: int, keep_epoch_file: bool = False) -> None:
+        """Called on every rank (rank 0 writes); a failed write stops every rank with EXIT_SAVE_FAILED."""
         self.last_save = time.time()
-        if not self.info.is_main:
-            return
+        error = ""
+        if self.info.is_main:
+            try:
+                self._write(completed_epoch, iteration, keep_epoch_file)
+            except CheckpointSaveError as e:
+                error = str(e)
+        error = broadcast_text(error)
+        if error:
+            stop_on_io_error(self.logger, error)
+
+    def _write(self, completed_epoch: int, iteration: int, keep_epoch_file: bool) -> None:
         checkpoint = self.checkpoint(completed_epoch, iteration)
         poisoned = nonfinite_tensors(checkpoint)
         if poisoned:
@@ -687,6 +717,13 @@ def rescale_iteration(iteration: int, completed_epochs: int, saved_iters_per_epo
     """
     into_epoch = iteration - completed_epochs * saved_iters_per_epoch
     return completed_epochs * iters_per_epoch + round(into_epoch * iters_per_epoch / saved_iters_per_epoch)
+
+
+def stop_on_io_error(logger, message: str) -> NoReturn:
+    """Stop the run because its output cannot be written: one line, exit code EXIT_SAVE_FAILED (not requeued)."""
+    logger.error(message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_SAVE_FAILED)
 
 
 def make_writer(args, info: DistInfo):
