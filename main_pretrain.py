@@ -232,9 +232,14 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(str(e)) from None
     args.num_instances = len(files)  # what the epoch length is computed from; a resume checks it
     dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, args.min_scale))
+    # More loader processes than CPUs only slow a laptop down (the reference's default is 8 per GPU).
+    workers = min(args.num_workers, len(os.sched_getaffinity(0)))
+    if workers < args.num_workers and info.is_main:
+        logger.info("--num-workers %d: this process may use %d CPUs, so %d loader workers", args.num_workers,
+                    workers, workers)
     loader = DataLoader(dataset, batch_size=args.batch_size_per_gpu, sampler=sampler, drop_last=True,
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                        collate_fn=collate_two_views, persistent_workers=args.num_workers > 0)
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        collate_fn=collate_two_views, persistent_workers=workers > 0)
     augment = BatchAugment(device, seed, compile=args.compile)
     iters_per_epoch = sampler.batches_per_epoch
 
