@@ -200,6 +200,13 @@ class PreemptionFlag:
     def _handle(self, signum: int, frame) -> None:
         self.raised = True
 
+    @staticmethod
+    def ignore_in_loader_worker(worker_id: int) -> None:
+        """A DataLoader ``worker_init_fn``. SLURM and ``kill -- -PGID`` signal every process, loader workers
+        included: a worker killed by the signal would make PyTorch raise in the main process before it saves."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+
 
 def main(args: argparse.Namespace) -> None:
     preempted = PreemptionFlag()  # before any work: a SIGUSR1 during start-up must not kill the job unsaved
@@ -238,8 +245,8 @@ def main(args: argparse.Namespace) -> None:
         logger.info("--num-workers %d: this process may use %d CPUs, so %d loader workers", args.num_workers,
                     workers, workers)
     loader = DataLoader(dataset, batch_size=args.batch_size_per_gpu, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        collate_fn=collate_two_views, persistent_workers=workers > 0)
+                        num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate_two_views,
+                        persistent_workers=workers > 0, worker_init_fn=PreemptionFlag.ignore_in_loader_worker)
     augment = BatchAugment(device, seed, compile=args.compile)
     iters_per_epoch = sampler.batches_per_epoch
 

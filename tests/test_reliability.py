@@ -278,3 +278,20 @@ def test_bad_paths_and_checkpoints_give_one_line_errors(image_dir, tmp_path):
         assert done.returncode != 0
         assert message in done.stderr, (flags, done.stderr)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_to_the_whole_process_group_saves_despite_loader_workers(image_dir, tmp_path, sig):
+    # SLURM (--signal, scancel) and `kill -- -PGID` signal the loader workers too; one killed by it made PyTorch
+    # raise in the main process ("DataLoader worker ... is killed by signal: Terminated") before it could save.
+    out = tmp_path / "group"
+    proc = subprocess.Popen([sys.executable, "main_pretrain.py", *TINY, "--epochs", "50", "--data-dir", str(image_dir),
+                             "--output-dir", str(out), "--num-workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while logged_iterations(out) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED and "Traceback" not in stderr, stderr[-3000:]
+    assert load_checkpoint(out / "current.pth")["scheduler"]["iteration"] >= 2
