@@ -71,6 +71,7 @@ def test_without_tensorboard_the_scores_reach_the_log(data, tmp_path):
 
 def test_eval_data_that_is_no_demo_dataset_is_one_line(data, tmp_path):
     images, _ = data
+    (tmp_path / "nothing").mkdir()  # a folder, but no demo scenes in it (a missing one is a flag check)
     done = run([*TINY, "--data-dir", str(images), "--epochs", "1", "--output-dir", str(tmp_path / "run"),
                 "--num-workers", "0", "--eval-data", str(tmp_path / "nothing")])
     assert done.returncode != 0 and "Traceback" not in done.stderr
