@@ -129,3 +129,51 @@ def matched_scores(confusion: np.ndarray | Tensor, mapping: np.ndarray | Tensor)
     iou = per_class_iou(class_confusion)
     return {"miou": mean_iou(class_confusion), "pixel_accuracy": pixel_accuracy(class_confusion),
             "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}
+
+
+def _pairs(counts: np.ndarray) -> np.ndarray:
+    """n choose 2 of every entry (float64, so large pixel counts do not overflow)."""
+    counts = counts.astype(np.float64)
+    return counts * (counts - 1) / 2
+
+
+def adjusted_rand_index(contingency: np.ndarray | Tensor) -> float:
+    """Adjusted Rand index (Hubert & Arabie) of two partitions given by their [A, B] contingency table
+    ``N[a, b]`` = number of items in part a of the first and part b of the second partition:
+
+        index = sum_ab C(N_ab, 2),  sa = sum_a C(N_a., 2),  sb = sum_b C(N_.b, 2),  pairs = C(N, 2)
+        ARI   = (index - sa sb / pairs) / ((sa + sb) / 2 - sa sb / pairs)
+
+    1 for identical partitions, ~0 in expectation for independent ones, negative below chance. The
+    denominator is 0 only when both partitions are trivial in the same way (one part each, or all
+    singletons): they are then identical and the ARI is 1, as scikit-learn defines it. NaN for fewer than
+    two items (no pairs to compare).
+    """
+    n = _as_numpy(contingency)
+    total = float(n.sum())
+    if total < 2:
+        return float("nan")
+    index = _pairs(n).sum()
+    sum_a, sum_b = _pairs(n.sum(axis=1)).sum(), _pairs(n.sum(axis=0)).sum()
+    expected = sum_a * sum_b / _pairs(np.array(total))
+    denominator = (sum_a + sum_b) / 2 - expected
+    if denominator == 0:
+        return 1.0
+    return float((index - expected) / denominator)
+
+
+def best_overlaps(contingency: np.ndarray | Tensor) -> np.ndarray:
+    """For every ground-truth segment g (row of an [G, P] contingency over *all* pixels of one image), the
+    best IoU over the predicted segments p (columns):
+
+        BO_g = max_p N[g, p] / (sum_p' N[g, p'] + sum_g' N[g', p] - N[g, p])
+
+    Rows must cover every pixel (e.g. background included as a row) for the predicted areas to be
+    right; drop the rows that are not objects afterwards. Rows with no pixels give NaN.
+    """
+    n = _as_numpy(contingency).astype(np.float64)
+    union = n.sum(axis=1, keepdims=True) + n.sum(axis=0, keepdims=True) - n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, n / np.maximum(union, 1), 0.0)
+    best = iou.max(axis=1) if n.shape[1] else np.zeros(n.shape[0])
+    return np.where(n.sum(axis=1) > 0, best, np.nan)
