@@ -149,6 +149,17 @@ class SceneConfig:
     mask_threshold: int = 16
     # Every earlier item must keep at least this fraction of its pixels visible after occlusion.
     min_visible_frac: float = 0.35
+    # How far the background's second gradient colour may be from the first (0 = one flat colour).
+    gradient: float = 1.0
+    # Amplitude of the background's texture, and its number of random cells per side (smoothly interpolated).
+    texture_amplitude: float = TEXTURE_AMPLITUDE
+    texture_cells: tuple[int, int] = (3, 8)
+    # Item tints: 0 = any colour; N = one of N fixed, evenly spaced hues (distinct within a scene).
+    palette: int = 0
+    # Saturation of item tints and background colours relative to their drawn colour (0 = grey).
+    tint_saturation: float = 1.0
+    background_saturation: float = 1.0
+    background_range: tuple[float, float] = BG_RANGE
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -206,12 +217,18 @@ def _bilinear_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _render_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_background(rng: np.random.Generator, size: int, gradient: float = 1.0,
+                       texture_amplitude: float = TEXTURE_AMPLITUDE,
+                       texture_cells: tuple[int, int] = (3, 8), saturation: float = 1.0,
+                       colour_range: tuple[float, float] = BG_RANGE) -> tuple[np.ndarray, np.ndarray]:
     """Smooth two-colour gradient + coarse low-contrast texture + mild per-pixel noise.
 
     Returns the uint8 canvas and the two gradient end colours (float, [2, 3]).
     """
-    end_colours = rng.uniform(*BG_RANGE, size=(2, 3))
+    end_colours = rng.uniform(*colour_range, size=(2, 3))
+    end_colours[1] = end_colours[0] + gradient * (end_colours[1] - end_colours[0])
+    grey = end_colours.mean(axis=1, keepdims=True)
+    end_colours = grey + saturation * (end_colours - grey)
     angle = rng.uniform(0.0, 2.0 * math.pi)
     coords = np.arange(size, dtype=np.float64)
     projection = math.cos(angle) * coords[None, :] + math.sin(angle) * coords[:, None]
@@ -219,17 +236,30 @@ def _render_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray,
     projection /= max(projection.max(), 1e-9)
     canvas = end_colours[0] + projection[..., None] * (end_colours[1] - end_colours[0])
 
-    grid = int(rng.integers(3, 9))
+    grid = int(rng.integers(texture_cells[0], texture_cells[1] + 1))
     coarse = rng.integers(0, 256, size=(grid, grid), dtype=np.uint8)
     texture = _bilinear_resize(coarse, size, size).astype(np.float64) * (2.0 / 255.0) - 1.0
-    canvas += TEXTURE_AMPLITUDE * texture[..., None]
+    canvas += texture_amplitude * texture[..., None]
     canvas += rng.uniform(-NOISE_AMPLITUDE, NOISE_AMPLITUDE, size=(size, size, 3))
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), end_colours
 
 
-def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray) -> np.ndarray:
+def palette_colours(num: int) -> np.ndarray:
+    """``num`` saturated RGB colours of evenly spaced hues (float [num, 3])."""
+    hues = np.arange(num) / num
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + hues[:, None] * 6.0) % 6.0
+    return 255.0 * (1.0 - 0.8 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray, palette: np.ndarray | None = None,
+               tint_saturation: float = 1.0) -> np.ndarray:
     """Choose an RGB tint whose whole shading range stays far from the background gradient."""
-    candidates = rng.uniform(0.0, 255.0, size=(TINT_CANDIDATES, 3))
+    if palette is None:
+        candidates = rng.uniform(0.0, 255.0, size=(TINT_CANDIDATES, 3))
+    else:
+        candidates = palette[rng.permutation(len(palette))]
+    grey = candidates.mean(axis=1, keepdims=True)
+    candidates = grey + tint_saturation * (candidates - grey)
     shade = np.linspace(TINT_FLOOR, 1.0, 6)
     along = np.linspace(0.0, 1.0, 6)
     item_colours = candidates[:, None, :] * shade[None, :, None]  # [C, 6, 3]
@@ -256,7 +286,10 @@ def render_scene(
     config = config or SceneConfig()
     pool = np.asarray(pool)
     size = config.size
-    background, end_colours = _render_background(rng, size)
+    background, end_colours = _render_background(rng, size, config.gradient, config.texture_amplitude,
+                                                 config.texture_cells, config.background_saturation,
+                                                 config.background_range)
+    palette = palette_colours(config.palette) if config.palette else None
     image = background.copy()
     semantic = np.zeros((size, size), dtype=np.uint8)
     instance = np.zeros((size, size), dtype=np.uint8)
@@ -271,7 +304,9 @@ def render_scene(
     placed_labels: list[int] = []
     for source in chosen:
         source = int(source)
-        tint = _pick_tint(rng, end_colours)
+        tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
+        if palette is not None and len(palette) > 1:
+            palette = palette[np.any(palette != tint, axis=1)]  # items of a scene get distinct tints
         for _ in range(PLACEMENT_TRIES):
             side = int(rng.integers(min_side, max_side + 1))
             top = int(rng.integers(0, size - side + 1))
@@ -419,6 +454,7 @@ def generate_scenes(
     fashion_root: str | Path | None = None,
     force: bool = False,
     workers: int | None = None,
+    **scene_options: Any,
 ) -> GenerationResult:
     """Write the demo dataset to ``out_dir`` (see the module docstring for the layout).
 
@@ -438,6 +474,7 @@ def generate_scenes(
         max_items=max_items,
         min_item_frac=min_item_frac,
         max_item_frac=max_item_frac,
+        **scene_options,
     )
     params: dict[str, Any] = {
         "version": FORMAT_VERSION,
