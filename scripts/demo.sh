@@ -34,8 +34,12 @@ export PYTHONWARNINGS=ignore
 # - batch 16, LARS at base lr 8 (0.5 after scaling by 16/256): 125 steps per epoch of 2000 scenes.
 # On the CPU: 2 epochs (250 steps). With CUDA (not run here: untested beyond this script's flag check) the
 # same network and batch train 8 epochs (1000 steps; on the CPU linear and k-NN kept rising up to 8 epochs).
+# One compute thread on the CPU (the loader worker takes the second core): with two, every step waits for the
+# slower thread, and on a shared 2-core machine that collapsed the demo's training from 7.1 to 1.3 img/s
+# (same machine and load, minutes apart). Set OMP_NUM_THREADS to override.
 EPOCHS=2
 DEVICE_FLAGS=(--device cpu --no-fp16 --num-workers 1)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ "$DEVICE" = cuda ]; then
   EPOCHS=8
   DEVICE_FLAGS=(--device cuda --num-workers 4)
