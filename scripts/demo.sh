@@ -67,10 +67,10 @@ for SEED in $SEEDS; do
     --device "$DEVICE" --image-size 64 --max-images 600 --seed "$SEED" --output-json "$RUN_OUT/eval.json"
   evals+=("$RUN_OUT/eval.json")
 
-  # The 8 prototypes that win the most pixels (of 16), 5 scenes each; the scenes shown at 2x.
+  # The 6 prototypes that win the most pixels (of 16; the demo's models use 4-6), 5 scenes each.
   echo "== 4/4 pictures, seed $SEED"
   run "$PYTHON" viz_slots.py --model-path "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
-    --image-size 64 --resize 64 --device "$DEVICE" --top-prototypes 8 --topk 5 --save-path "$RUN_OUT/prototypes.png"
+    --image-size 64 --resize 64 --device "$DEVICE" --top-prototypes 6 --topk 5 --save-path "$RUN_OUT/prototypes.png"
   run "$PYTHON" viz_slots.py --model-path "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
     --image-size 64 --resize 64 --device "$DEVICE" --mode assign --num-images 6 --save-path "$RUN_OUT/assignments.png"
 done

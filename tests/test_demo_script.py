@@ -37,7 +37,7 @@ def test_cpu_recipe(tmp_path: Path) -> None:
     [report] = _commands(out, "eval.report")
     assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report
     pictures = _commands(out, "viz_slots.py")
-    assert len(pictures) == 2 and "--top-prototypes 8" in pictures[0] and "--mode assign" in pictures[1]
+    assert len(pictures) == 2 and "--top-prototypes 6" in pictures[0] and "--mode assign" in pictures[1]
     assert not _commands(out, "eval.metrics")  # one seed: no spread table
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # nothing ran
 
