@@ -1,7 +1,11 @@
 """Deterministic multi-object demo scenes built from Fashion-MNIST items, and a reader for them.
 
-Each scene is an RGB canvas with a varied background (colour gradient, low-contrast texture, mild
-noise) and 2-4 tinted, rescaled Fashion-MNIST items that may occlude each other. Alongside every
+Each scene is an RGB canvas with a near-grey background (a low-saturation gradient, coarse texture,
+mild noise) and 2-4 rescaled Fashion-MNIST items that may occlude each other, each tinted with one of
+8 evenly spaced hues (no two alike in a scene). The defaults are the "studio" scenes of the demo: with
+backgrounds of every colour, a barely trained network's prototypes split the background by its colour
+and mix items in with it; with grey backgrounds and hued items the background takes prototypes of its
+own (README, Results). Alongside every
 image we write exact ground truth:
 
 * ``semantic/NAME.png`` (uint8): 0 = background, k + 1 = Fashion-MNIST class k (so 1..10);
@@ -13,7 +17,7 @@ items, so no eval object is ever seen during training. Everything is derived fro
 
 Command line::
 
-    python -m data.demo_scenes --out-dir demo_data --num-train 2000 --num-eval 300 --size 128 --seed 0
+    python -m data.demo_scenes --out-dir demo_data --num-train 2000 --num-eval 300 --size 64 --seed 0
 """
 
 from __future__ import annotations
@@ -54,16 +58,21 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "eval")
 # Bump whenever the rendering changes, so old directories are regenerated instead of reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GENERATOR_NAME = "data.demo_scenes"
 DEFAULT_NUM_TRAIN = 2000
 DEFAULT_NUM_EVAL = 300
-DEFAULT_SIZE = 128
+DEFAULT_SIZE = 64
 
-# Appearance constants. Background colours stay inside BG_RANGE; the texture and noise amplitudes
-# bound how far any background pixel strays from its gradient value.
-BG_RANGE = (30.0, 225.0)
-TEXTURE_AMPLITUDE = 10.0
+# Appearance constants. Background colours stay inside BG_RANGE (at BG_SATURATION of their drawn
+# saturation); the texture and noise amplitudes bound how far any background pixel strays from its
+# gradient value.
+BG_RANGE = (80.0, 170.0)
+BG_SATURATION = 0.25
+TEXTURE_AMPLITUDE = 20.0
+PALETTE_SIZE = 8
+MIN_ITEM_FRAC = 0.35
+MAX_ITEM_FRAC = 0.7
 NOISE_AMPLITUDE = 5.0
 # Faint item pixels are drawn at least this bright (relative to the tint) so they never fade into
 # the background; the item still shows its Fashion-MNIST shading above that floor.
@@ -142,13 +151,25 @@ class SceneConfig:
     size: int = DEFAULT_SIZE
     min_items: int = 2
     max_items: int = 4
-    # Item side length as a fraction of the canvas side (0.25..0.55 of 128 px is 32..70 px).
-    min_item_frac: float = 0.25
-    max_item_frac: float = 0.55
+    # Item side length as a fraction of the canvas side (0.35..0.7 of 64 px is 22..45 px: an item spans
+    # several cells of a stride-8 feature map).
+    min_item_frac: float = MIN_ITEM_FRAC
+    max_item_frac: float = MAX_ITEM_FRAC
     # An upscaled item pixel belongs to the item iff its intensity is above this value.
     mask_threshold: int = 16
     # Every earlier item must keep at least this fraction of its pixels visible after occlusion.
     min_visible_frac: float = 0.35
+    # How far the background's second gradient colour may be from the first (0 = one flat colour).
+    gradient: float = 1.0
+    # Amplitude of the background's texture, and its number of random cells per side (smoothly interpolated).
+    texture_amplitude: float = TEXTURE_AMPLITUDE
+    texture_cells: tuple[int, int] = (3, 8)
+    # Item tints: 0 = any colour; N = one of N fixed, evenly spaced hues (distinct within a scene).
+    palette: int = PALETTE_SIZE
+    # Saturation of item tints and background colours relative to their drawn colour (0 = grey).
+    tint_saturation: float = 1.0
+    background_saturation: float = BG_SATURATION
+    background_range: tuple[float, float] = BG_RANGE
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -165,6 +186,21 @@ class SceneConfig:
             raise ValueError(f"mask_threshold must be in 0..254, got {self.mask_threshold}")
         if not 0.0 <= self.min_visible_frac <= 1.0:
             raise ValueError(f"min_visible_frac must be in [0, 1], got {self.min_visible_frac}")
+        if not 0.0 <= self.gradient <= 1.0:
+            raise ValueError(f"gradient must be in [0, 1], got {self.gradient}")
+        if self.texture_amplitude < 0:
+            raise ValueError(f"texture_amplitude must be non-negative, got {self.texture_amplitude}")
+        if not 1 <= self.texture_cells[0] <= self.texture_cells[1]:
+            raise ValueError(f"need 1 <= texture_cells[0] <= texture_cells[1], got {self.texture_cells}")
+        if self.palette < 0:
+            raise ValueError(f"palette must be 0 (any colour) or a number of hues, got {self.palette}")
+        for name in ("tint_saturation", "background_saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        low, high = self.background_range
+        if not 0.0 <= low <= high <= 255.0:
+            raise ValueError(f"need 0 <= background_range[0] <= background_range[1] <= 255, "
+                             f"got {self.background_range}")
 
     @property
     def item_side_range(self) -> tuple[int, int]:
@@ -206,12 +242,21 @@ def _bilinear_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _render_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def desaturate(colours: np.ndarray, saturation: float) -> np.ndarray:
+    """Move RGB colours (float [..., 3]) towards their grey (channel mean): 1 keeps them, 0 makes them grey."""
+    grey = colours.mean(axis=-1, keepdims=True)
+    return grey + saturation * (colours - grey)
+
+
+def _render_background(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndarray, np.ndarray]:
     """Smooth two-colour gradient + coarse low-contrast texture + mild per-pixel noise.
 
     Returns the uint8 canvas and the two gradient end colours (float, [2, 3]).
     """
-    end_colours = rng.uniform(*BG_RANGE, size=(2, 3))
+    size = config.size
+    end_colours = rng.uniform(*config.background_range, size=(2, 3))
+    end_colours[1] = end_colours[0] + config.gradient * (end_colours[1] - end_colours[0])
+    end_colours = desaturate(end_colours, config.background_saturation)
     angle = rng.uniform(0.0, 2.0 * math.pi)
     coords = np.arange(size, dtype=np.float64)
     projection = math.cos(angle) * coords[None, :] + math.sin(angle) * coords[:, None]
@@ -219,17 +264,33 @@ def _render_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray,
     projection /= max(projection.max(), 1e-9)
     canvas = end_colours[0] + projection[..., None] * (end_colours[1] - end_colours[0])
 
-    grid = int(rng.integers(3, 9))
+    grid = int(rng.integers(config.texture_cells[0], config.texture_cells[1] + 1))
     coarse = rng.integers(0, 256, size=(grid, grid), dtype=np.uint8)
     texture = _bilinear_resize(coarse, size, size).astype(np.float64) * (2.0 / 255.0) - 1.0
-    canvas += TEXTURE_AMPLITUDE * texture[..., None]
+    canvas += config.texture_amplitude * texture[..., None]
     canvas += rng.uniform(-NOISE_AMPLITUDE, NOISE_AMPLITUDE, size=(size, size, 3))
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), end_colours
 
 
-def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray) -> np.ndarray:
-    """Choose an RGB tint whose whole shading range stays far from the background gradient."""
-    candidates = rng.uniform(0.0, 255.0, size=(TINT_CANDIDATES, 3))
+def palette_colours(num: int) -> np.ndarray:
+    """``num`` saturated RGB colours of evenly spaced hues (float [num, 3]), starting at red.
+
+    HSV with S = 0.8, V = 1: channel c is ``255 * (1 - 0.8 * clip(min(k, 4 - k), 0, 1))`` with
+    ``k = (n_c + 6 * hue) mod 6`` and ``n = (5, 3, 1)`` for (R, G, B).
+    """
+    hues = np.arange(num) / num
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + hues[:, None] * 6.0) % 6.0
+    return 255.0 * (1.0 - 0.8 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray, palette: np.ndarray | None = None,
+               tint_saturation: float = 1.0) -> np.ndarray:
+    """Choose an RGB tint whose whole shading range stays far from the background gradient: a random colour
+    (desaturated by ``tint_saturation``), or with ``palette`` one of its rows, returned as is."""
+    if palette is None:
+        candidates = desaturate(rng.uniform(0.0, 255.0, size=(TINT_CANDIDATES, 3)), tint_saturation)
+    else:
+        candidates = palette[rng.permutation(len(palette))]
     shade = np.linspace(TINT_FLOOR, 1.0, 6)
     along = np.linspace(0.0, 1.0, 6)
     item_colours = candidates[:, None, :] * shade[None, :, None]  # [C, 6, 3]
@@ -256,7 +317,8 @@ def render_scene(
     config = config or SceneConfig()
     pool = np.asarray(pool)
     size = config.size
-    background, end_colours = _render_background(rng, size)
+    background, end_colours = _render_background(rng, config)
+    palette = desaturate(palette_colours(config.palette), config.tint_saturation) if config.palette else None
     image = background.copy()
     semantic = np.zeros((size, size), dtype=np.uint8)
     instance = np.zeros((size, size), dtype=np.uint8)
@@ -271,7 +333,9 @@ def render_scene(
     placed_labels: list[int] = []
     for source in chosen:
         source = int(source)
-        tint = _pick_tint(rng, end_colours)
+        tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
+        if palette is not None and len(palette) > 1:
+            palette = palette[np.any(palette != tint, axis=1)]  # items of a scene get distinct tints
         for _ in range(PLACEMENT_TRIES):
             side = int(rng.integers(min_side, max_side + 1))
             top = int(rng.integers(0, size - side + 1))
@@ -413,18 +477,20 @@ def generate_scenes(
     *,
     min_items: int = 2,
     max_items: int = 4,
-    min_item_frac: float = 0.25,
-    max_item_frac: float = 0.55,
+    min_item_frac: float = MIN_ITEM_FRAC,
+    max_item_frac: float = MAX_ITEM_FRAC,
     eval_fraction: float = 0.2,
     fashion_root: str | Path | None = None,
     force: bool = False,
     workers: int | None = None,
+    **scene_options: Any,
 ) -> GenerationResult:
     """Write the demo dataset to ``out_dir`` (see the module docstring for the layout).
 
     Does nothing if ``out_dir/meta.json`` records the same parameters and all files are present
     (unless ``force``); otherwise clears the old scenes and regenerates. ``workers`` processes
-    render in parallel (default: one per CPU); the output does not depend on it.
+    render in parallel (default: one per CPU); the output does not depend on it. ``scene_options`` are
+    further ``SceneConfig`` fields (background, palette, saturations).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -438,6 +504,7 @@ def generate_scenes(
         max_items=max_items,
         min_item_frac=min_item_frac,
         max_item_frac=max_item_frac,
+        **scene_options,
     )
     params: dict[str, Any] = {
         "version": FORMAT_VERSION,
@@ -447,6 +514,7 @@ def generate_scenes(
         "eval_fraction": eval_fraction,
         **asdict(config),
     }
+    params = json.loads(json.dumps(params))  # as meta.json holds them (tuples become lists)
 
     existing = _read_meta(out_dir)
     if (

@@ -1,4 +1,4 @@
-"""Segmentation metrics and cluster-to-class matching.
+"""Segmentation metrics, cluster-to-class matching, and the spread of a table over seeds.
 
 Convention used throughout: a confusion matrix ``M`` has one row per ground-truth class and one column
 per predicted id, ``M[c, p]`` = number of labelled pixels of class ``c`` predicted as ``p``. Predicted
@@ -7,6 +7,12 @@ correct for any class.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,3 +135,109 @@ def matched_scores(confusion: np.ndarray | Tensor, mapping: np.ndarray | Tensor)
     iou = per_class_iou(class_confusion)
     return {"miou": mean_iou(class_confusion), "pixel_accuracy": pixel_accuracy(class_confusion),
             "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}
+
+
+def _pairs(counts: np.ndarray) -> np.ndarray:
+    """n choose 2 of every entry (float64, so large pixel counts do not overflow)."""
+    counts = counts.astype(np.float64)
+    return counts * (counts - 1) / 2
+
+
+def adjusted_rand_index(contingency: np.ndarray | Tensor) -> float:
+    """Adjusted Rand index (Hubert & Arabie) of two partitions given by their [A, B] contingency table
+    ``N[a, b]`` = number of items in part a of the first and part b of the second partition:
+
+        index = sum_ab C(N_ab, 2),  sa = sum_a C(N_a., 2),  sb = sum_b C(N_.b, 2),  pairs = C(N, 2)
+        ARI   = (index - sa sb / pairs) / ((sa + sb) / 2 - sa sb / pairs)
+
+    1 for identical partitions, ~0 in expectation for independent ones, negative below chance. The
+    denominator is 0 only when both partitions are trivial in the same way (one part each, or all
+    singletons): they are then identical and the ARI is 1, as scikit-learn defines it. NaN for fewer than
+    two items (no pairs to compare).
+    """
+    n = _as_numpy(contingency)
+    total = float(n.sum())
+    if total < 2:
+        return float("nan")
+    index = _pairs(n).sum()
+    sum_a, sum_b = _pairs(n.sum(axis=1)).sum(), _pairs(n.sum(axis=0)).sum()
+    expected = sum_a * sum_b / _pairs(np.array(total))
+    denominator = (sum_a + sum_b) / 2 - expected
+    if denominator == 0:
+        return 1.0
+    return float((index - expected) / denominator)
+
+
+def best_overlaps(contingency: np.ndarray | Tensor) -> np.ndarray:
+    """For every ground-truth segment g (row of an [G, P] contingency over *all* pixels of one image), the
+    best IoU over the predicted segments p (columns):
+
+        BO_g = max_p N[g, p] / (sum_p' N[g, p'] + sum_g' N[g', p] - N[g, p])
+
+    Rows must cover every pixel (e.g. background included as a row) for the predicted areas to be
+    right; drop the rows that are not objects afterwards. Rows with no pixels give NaN.
+    """
+    n = _as_numpy(contingency).astype(np.float64)
+    union = n.sum(axis=1, keepdims=True) + n.sum(axis=0, keepdims=True) - n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, n / np.maximum(union, 1), 0.0)
+    best = iou.max(axis=1) if n.shape[1] else np.zeros(n.shape[0])
+    return np.where(n.sum(axis=1) > 0, best, np.nan)
+
+
+def seed_spread(runs: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per model and column, ``(mean, min, max)`` over ``runs`` (one ``{model: {column: value}}`` table per seed).
+
+    A model or column counts only if every run has it; NaN or None values (a score that was undefined; JSON
+    writes NaN as null) are left out of that cell, which is NaN only when no run has a value.
+    """
+    if not runs:
+        raise ValueError("no runs to summarise")
+    spread: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for model in (m for m in runs[0] if all(m in run for run in runs)):
+        columns = [c for c in runs[0][model] if all(c in run[model] for run in runs)]
+        spread[model] = {}
+        for column in columns:
+            values = [float(v) for v in (run[model][column] for run in runs) if v is not None and math.isfinite(v)]
+            spread[model][column] = ((sum(values) / len(values), min(values), max(values)) if values
+                                     else (math.nan, math.nan, math.nan))
+    return spread
+
+
+def format_spread(spread: dict[str, dict[str, tuple[float, float, float]]], runs: int) -> str:
+    """``seed_spread`` as a text table of ``mean (min-max)`` in percent, one row per model."""
+    models = list(spread)
+    columns = list(dict.fromkeys(c for m in models for c in spread[m]))
+    cells = {m: [f"{100 * mean:.1f} ({100 * low:.1f}-{100 * high:.1f})" if math.isfinite(mean) else "-"
+                 for mean, low, high in (spread[m].get(c, (math.nan,) * 3) for c in columns)] for m in models}
+    name_width = max(len(f"model ({runs} seeds)"), *(len(m) for m in models))
+    widths = [max(len(c), *(len(cells[m][i]) for m in models)) for i, c in enumerate(columns)]
+    header = f"model ({runs} seeds)"
+    lines = ["  ".join([header.ljust(name_width), *(c.rjust(w) for c, w in zip(columns, widths, strict=True))])]
+    for m in models:
+        lines.append("  ".join([m.ljust(name_width), *(v.rjust(w) for v, w in zip(cells[m], widths, strict=True))]))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m eval.metrics EVAL_JSON...``: the mean and min-max of ``eval.report`` tables over seeds."""
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths:
+        print("usage: python -m eval.metrics EVAL_JSON [EVAL_JSON...] (eval.report --output-json files)",
+              file=sys.stderr)
+        return 2
+    runs = []
+    for path in paths:
+        try:
+            models = json.loads(Path(path).read_text())["models"]
+            runs.append({name: result["summary"] for name, result in models.items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"eval.metrics: error: {path}: not an eval.report JSON file ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 2
+    print(format_spread(seed_spread(runs), len(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

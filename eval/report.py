@@ -1,7 +1,8 @@
 """All evaluations for a list of models, as one table (rows = models, columns = metrics) and JSON.
 
 Per model, the backbone runs once over each split; unsupervised segmentation (Hungarian and majority
-matching, on the eval split), the linear probe and k-NN all reuse those cached C5 features.
+matching, on the eval split), the linear probe, k-NN and object discovery (FG-ARI, mBO; datasets with
+instance maps) all reuse those cached C5 features.
 A ``random`` model copies the architecture and sizes of the first checkpoint file in the list (so the
 baseline is the same network), unless ``--arch`` / ``--dim-*`` / ``--num-prototypes`` are given. Usage::
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eval import knn, linear_probe, unsupervised_seg
+from eval import knn, linear_probe, object_discovery, unsupervised_seg
 from eval.common import Evaluation, run_evaluation, split_features
 from models.slotcon import SlotConTeacher
 
@@ -32,6 +33,8 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
                                                       args.batch_size, args.seed)}
     if evaluation.instance is not None:
         results["knn"] = knn.run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
+        results["object_discovery"] = object_discovery.run_object_discovery(
+            model, evaluation.batches(args.batch_size, device))
     return results
 
 
@@ -41,6 +44,8 @@ def summary_row(results: dict[str, Any]) -> dict[str, float]:
            **linear_probe.summary_row(results["linear_probe"])}
     if "knn" in results:
         row.update(knn.summary_row(results["knn"]))
+    if "object_discovery" in results:
+        row.update(object_discovery.summary_row(results["object_discovery"]))
     return row
 
 

@@ -1,0 +1,70 @@
+"""Flag checks of scripts/demo.sh through DEMO_DRY_RUN (the commands it would run, none run): the CPU and
+CUDA recipes, one output folder per seed, the spread table for several seeds. The demo itself runs in
+`make demo`; these only pin what it passes on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dry_run(tmp_path: Path, **env: str) -> tuple[int, str, str]:
+    full_env = {**os.environ, "PYTHON": sys.executable, "DEMO_DRY_RUN": "1", "DEMO_DATA": str(tmp_path / "data"),
+                "DEMO_OUT": str(tmp_path / "out"), **env}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=full_env, capture_output=True, text=True,
+                          timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _commands(stdout: str, needle: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("+ ") and needle in line]
+
+
+def test_cpu_recipe(tmp_path: Path) -> None:
+    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu")
+    assert code == 0, err
+    [train] = _commands(out, "main_pretrain.py")
+    for flag in ("--device cpu", "--no-fp16", "--epochs 2", "--image-size 64", "--output-stride 8",
+                 "--num-prototypes 16", "--center-momentum 0.97", "--batch-size 16", "--seed 0",
+                 f"--output-dir {tmp_path / 'out'} "):
+        assert flag in train, flag
+    [report] = _commands(out, "eval.report")
+    assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report
+    pictures = _commands(out, "viz_slots.py")
+    assert len(pictures) == 2 and "--top-prototypes 6" in pictures[0] and "--mode assign" in pictures[1]
+    assert not _commands(out, "eval.metrics")  # one seed: no spread table
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_cuda_recipe_trains_longer(tmp_path: Path) -> None:
+    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cuda")
+    assert code == 0, err
+    [train] = _commands(out, "main_pretrain.py")
+    assert "--device cuda" in train and "--epochs 8" in train and "--no-fp16" not in train
+    assert "--num-prototypes 16" in train and "--batch-size 16" in train  # the same network and batch
+    assert all("--device cuda" in c for c in _commands(out, "eval.report") + _commands(out, "viz_slots.py"))
+
+
+def test_seeds_get_their_own_folders_and_a_spread_table(tmp_path: Path) -> None:
+    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_SEEDS="0 1 2")
+    assert code == 0, err
+    trains = _commands(out, "main_pretrain.py")
+    folders = [tmp_path / "out", tmp_path / "out-seed1", tmp_path / "out-seed2"]
+    for seed, (train, folder) in enumerate(zip(trains, folders, strict=True)):
+        assert f"--seed {seed} " in train and f"--output-dir {folder} " in train
+    reports = _commands(out, "eval.report")
+    assert [r.split("--seed ")[1].split()[0] for r in reports] == ["0", "1", "2"]  # random init per seed too
+    [spread] = _commands(out, "eval.metrics")
+    assert spread.split()[-3:] == [f"{folder}/eval.json" for folder in folders]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:1"])
+def test_bad_device_is_one_line(tmp_path: Path, device: str) -> None:
+    code, _, err = _dry_run(tmp_path, DEMO_DEVICE=device)
+    assert code == 2 and err.strip() == f"demo.sh: error: DEMO_DEVICE must be auto, cpu or cuda, got '{device}'"
