@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data.images import UnreadableImageError, read_label_map
+
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("val", "eval", "test")
 # Outlines are traced on the mask upsampled 2x: the polygon then runs along pixel edges, not through the
@@ -62,13 +64,9 @@ def read_class_names(demo_dir: Path, splits: list[Path]) -> list[str]:
 
 def _read_label_map(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as handle:
-            array = np.asarray(handle)
-    except OSError as e:
-        raise DemoSetError(f"{path}: cannot read ({e})") from None
-    if array.ndim != 2:
-        raise DemoSetError(f"{path}: expected a single-channel label map, got shape {array.shape}")
-    return array
+        return read_label_map(path)
+    except UnreadableImageError as e:
+        raise DemoSetError(str(e)) from None
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[float]]:
