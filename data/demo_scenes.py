@@ -1,11 +1,12 @@
 """Deterministic multi-object demo scenes built from Fashion-MNIST items, and a reader for them.
 
 Each scene is an RGB canvas with a near-grey background (a low-saturation gradient, coarse texture,
-mild noise) and 2-4 rescaled Fashion-MNIST items that may occlude each other, each tinted with one of
-8 evenly spaced hues (no two alike in a scene). The defaults are the "studio" scenes of the demo: with
-backgrounds of every colour, a barely trained network's prototypes split the background by its colour
-and mix items in with it; with grey backgrounds and hued items the background takes prototypes of its
-own (README, Results). Alongside every
+mild noise) and 2-4 rescaled Fashion-MNIST items that may occlude each other. By default an item's colour
+follows its class (``class_tint``): 5 hues 72 degrees apart, in full colour for classes 0-4 and pastel for
+5-9, each item's hue moved by up to 0.15 of the spacing, so that a class has an appearance as classes of real
+scenes do (sky, grass, road), and shape and colour both tell it. With tints drawn independently of the class
+(``class_colours=False``, one of 8 hues per item: ``FORMAT_VERSION`` 2, the "studio" scenes) the prototypes
+group items by hue, which no mapping turns into classes (README, Results). Alongside every
 image we write exact ground truth:
 
 * ``semantic/NAME.png`` (uint8): 0 = background, k + 1 = Fashion-MNIST class k (so 1..10);
@@ -58,7 +59,7 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "eval")
 # Bump whenever the rendering changes, so old directories are regenerated instead of reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 GENERATOR_NAME = "data.demo_scenes"
 DEFAULT_NUM_TRAIN = 2000
 DEFAULT_NUM_EVAL = 300
@@ -80,6 +81,11 @@ TINT_FLOOR = 0.45
 # Minimum RGB distance between any item colour and the background gradient, before texture/noise.
 MIN_CONTRAST = 80.0
 TINT_CANDIDATES = 32
+# Class colours: 5 hues (72 degrees apart: SlotCon's colour jitter moves a view's hues by up to 36 degrees, so
+# closer hues would look alike to it) times full colour and pastel make 10 class colours.
+CLASS_HUES = 5
+CLASS_PASTEL = 0.45
+CLASS_HUE_JITTER = 0.15
 PLACEMENT_TRIES = 20
 _SPLIT_KEYS = {"train": 1, "eval": 2}
 _POOL_KEY = 0
@@ -164,7 +170,11 @@ class SceneConfig:
     # Amplitude of the background's texture, and its number of random cells per side (smoothly interpolated).
     texture_amplitude: float = TEXTURE_AMPLITUDE
     texture_cells: tuple[int, int] = (3, 8)
-    # Item tints: 0 = any colour; N = one of N fixed, evenly spaced hues (distinct within a scene).
+    # Class colours (the demo's): an item's tint follows its class (``class_tint``); palette is then unused.
+    class_colours: bool = True
+    # How far an item's hue may stray from its class's, as a fraction of the spacing between class hues.
+    class_hue_jitter: float = CLASS_HUE_JITTER
+    # Without class colours: 0 = any colour; N = one of N fixed, evenly spaced hues (distinct within a scene).
     palette: int = PALETTE_SIZE
     # Saturation of item tints and background colours relative to their drawn colour (0 = grey).
     tint_saturation: float = 1.0
@@ -194,6 +204,8 @@ class SceneConfig:
             raise ValueError(f"need 1 <= texture_cells[0] <= texture_cells[1], got {self.texture_cells}")
         if self.palette < 0:
             raise ValueError(f"palette must be 0 (any colour) or a number of hues, got {self.palette}")
+        if not 0.0 <= self.class_hue_jitter < 0.5:
+            raise ValueError(f"class_hue_jitter must be in [0, 0.5), got {self.class_hue_jitter}")
         for name in ("tint_saturation", "background_saturation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -272,15 +284,28 @@ def _render_background(rng: np.random.Generator, config: SceneConfig) -> tuple[n
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), end_colours
 
 
-def palette_colours(num: int) -> np.ndarray:
-    """``num`` saturated RGB colours of evenly spaced hues (float [num, 3]), starting at red.
+def hue_colours(hues: np.ndarray) -> np.ndarray:
+    """Saturated RGB colours (float [N, 3]) of ``hues`` in [0, 1) (0 = red).
 
     HSV with S = 0.8, V = 1: channel c is ``255 * (1 - 0.8 * clip(min(k, 4 - k), 0, 1))`` with
     ``k = (n_c + 6 * hue) mod 6`` and ``n = (5, 3, 1)`` for (R, G, B).
     """
-    hues = np.arange(num) / num
-    k = (np.array([5.0, 3.0, 1.0])[None, :] + hues[:, None] * 6.0) % 6.0
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + np.asarray(hues, dtype=np.float64)[:, None] * 6.0) % 6.0
     return 255.0 * (1.0 - 0.8 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def palette_colours(num: int) -> np.ndarray:
+    """``num`` saturated RGB colours of evenly spaced hues (float [num, 3]), starting at red."""
+    return hue_colours(np.arange(num) / num)
+
+
+def class_tint(label: int, hue_offset: float = 0.0, saturation: float = 1.0) -> np.ndarray:
+    """The RGB tint (float [3]) of Fashion-MNIST class ``label``: hue ``label mod CLASS_HUES`` of CLASS_HUES evenly
+    spaced ones (moved by ``hue_offset`` of their spacing), full colour for classes below CLASS_HUES and pastel
+    (``desaturate`` by CLASS_PASTEL) above, scaled by ``saturation``."""
+    hue = ((label % CLASS_HUES + hue_offset) / CLASS_HUES) % 1.0
+    pastel = CLASS_PASTEL if label >= CLASS_HUES else 1.0
+    return desaturate(hue_colours(np.array([hue]))[0], saturation * pastel)
 
 
 def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray, palette: np.ndarray | None = None,
@@ -318,7 +343,9 @@ def render_scene(
     pool = np.asarray(pool)
     size = config.size
     background, end_colours = _render_background(rng, config)
-    palette = desaturate(palette_colours(config.palette), config.tint_saturation) if config.palette else None
+    palette = None
+    if config.palette and not config.class_colours:
+        palette = desaturate(palette_colours(config.palette), config.tint_saturation)
     image = background.copy()
     semantic = np.zeros((size, size), dtype=np.uint8)
     instance = np.zeros((size, size), dtype=np.uint8)
@@ -333,7 +360,11 @@ def render_scene(
     placed_labels: list[int] = []
     for source in chosen:
         source = int(source)
-        tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
+        if config.class_colours:
+            tint = class_tint(int(labels[source]), rng.uniform(-1.0, 1.0) * config.class_hue_jitter,
+                              config.tint_saturation)
+        else:
+            tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
         if palette is not None and len(palette) > 1:
             palette = palette[np.any(palette != tint, axis=1)]  # items of a scene get distinct tints
         for _ in range(PLACEMENT_TRIES):

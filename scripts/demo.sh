@@ -2,7 +2,7 @@
 # The demo (`make demo`): pretrain SlotCon on scenes built from the vendored Fashion-MNIST photos, compare the
 # trained network with a random one on held-out scenes, and draw what the prototypes learned.
 # Environment: PYTHON (python), DEMO_DATA (demo_data), DEMO_OUT (output/demo), DEMO_DEVICE (auto: cuda when
-# torch sees a GPU, else cpu), DEMO_SEEDS ("0"; with several, as `make demo-seeds` = "0 1 2", every seed
+# torch sees a GPU, else cpu), DEMO_CPU_BF16 (auto, 0 or 1: bfloat16 autocast on the CPU, see below), DEMO_SEEDS ("0"; with several, as `make demo-seeds` = "0 1 2", every seed
 # trains its own model, seed S > 0 in $DEMO_OUT-seedS, and a last table gives each column's mean and
 # min-max over the seeds), DEMO_DRY_RUN=1 (print the commands instead of running them).
 set -euo pipefail
@@ -32,14 +32,24 @@ export PYTHONWARNINGS=ignore
 #   the prototypes and splits the large background over many of them (Hungarian mIoU at random's level);
 #   at 0.99 one seed of three put every item on one prototype; without a centre (1.0) all pixels go to one.
 # - batch 16, LARS at base lr 8 (0.5 after scaling by 16/256): 125 steps per epoch of 2000 scenes.
-# On the CPU: 2 epochs (250 steps). With CUDA (not run here: untested beyond this script's flag check) the
-# same network and batch train 8 epochs (1000 steps; on the CPU linear and k-NN kept rising up to 8 epochs).
-# One compute thread on the CPU (the loader worker takes the second core): with two, every step waits for the
-# slower thread, and on a shared 2-core machine that collapsed the demo's training from 7.1 to 1.3 img/s
-# (same machine and load, minutes apart). Set OMP_NUM_THREADS to override.
-EPOCHS=2
-DEVICE_FLAGS=(--device cpu --no-fp16 --num-workers 1)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# On the CPU: 3 epochs (375 steps) in bfloat16 autocast where the CPU computes bfloat16 natively (AVX512-BF16 or
+# AMX: 1.7x the float32 step on the 2-core machine of BENCHMARKS.md; elsewhere float32, as DEMO_CPU_BF16=0 forces,
+# and =1 forces bfloat16). With CUDA (not run here: untested beyond this script's flag check) the same network
+# and batch train 8 epochs (1000 steps).
+# Compute threads: one core fewer than this process may use, at least one (the loader worker takes the last):
+# on a shared 2-core machine two threads collapsed the training from 7.1 to 1.3 img/s, every step waiting for
+# the thread the scheduler had taken away. Set OMP_NUM_THREADS to override.
+EPOCHS=3
+CPU_BF16=${DEMO_CPU_BF16:-auto}
+if [ "$CPU_BF16" = auto ]; then
+  CPU_BF16=$($PYTHON -c 'import torch; c = torch.cpu; print(int(any(getattr(c, f, lambda: False)() for f in
+    ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))))')
+fi
+case "$CPU_BF16" in 1) CPU_AMP=--fp16;; 0) CPU_AMP=--no-fp16;;
+  *) echo "demo.sh: error: DEMO_CPU_BF16 must be auto, 0 or 1, got '$CPU_BF16'" >&2; exit 2;; esac
+DEVICE_FLAGS=(--device cpu "$CPU_AMP" --num-workers 1)
+CORES=$(nproc)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES > 1 ? CORES - 1 : 1 ))}
 if [ "$DEVICE" = cuda ]; then
   EPOCHS=8
   DEVICE_FLAGS=(--device cuda --num-workers 4)
@@ -61,18 +71,21 @@ for SEED in $SEEDS; do
     --print-freq 25 --save-every-minutes 2
 
   # The linear probe and k-NN fit on the first 600 train scenes (all 300 eval scenes are scored): the
-  # numbers move by less than the seeds' spread, at a third of the time of all 2000.
+  # numbers move by less than the seeds' spread, at a third of the time of all 2000. Scenes are evaluated at
+  # 128 px (2x): the items then appear at the scales the 64 px training crops (0.2-1 of a scene) showed them,
+  # and the 16x16 feature map's cells are 4 scene pixels; at 64 px the 8x8 map blurs each item's outline
+  # (BENCHMARKS.md, levers: both sizes measured).
   echo "== 3/4 evaluation on held-out scenes, seed $SEED: random init vs trained (numbers in %)"
   run "$PYTHON" -m eval.report --checkpoints random "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
-    --device "$DEVICE" --image-size 64 --max-images 600 --seed "$SEED" --output-json "$RUN_OUT/eval.json"
+    --device "$DEVICE" --image-size 128 --max-images 600 --seed "$SEED" --output-json "$RUN_OUT/eval.json"
   evals+=("$RUN_OUT/eval.json")
 
   # The 6 prototypes that win the most pixels (of 16; the demo's models use 4-6), 5 scenes each.
   echo "== 4/4 pictures, seed $SEED"
   run "$PYTHON" viz_slots.py --model-path "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
-    --image-size 64 --resize 64 --device "$DEVICE" --top-prototypes 6 --topk 5 --save-path "$RUN_OUT/prototypes.png"
+    --image-size 128 --resize 128 --device "$DEVICE" --top-prototypes 6 --topk 5 --save-path "$RUN_OUT/prototypes.png"
   run "$PYTHON" viz_slots.py --model-path "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
-    --image-size 64 --resize 64 --device "$DEVICE" --mode assign --num-images 6 --save-path "$RUN_OUT/assignments.png"
+    --image-size 128 --resize 128 --device "$DEVICE" --mode assign --num-images 6 --save-path "$RUN_OUT/assignments.png"
 done
 
 if [ "${#evals[@]}" -gt 1 ]; then

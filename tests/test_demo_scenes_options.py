@@ -1,4 +1,4 @@
-"""Tests for the scene generator's appearance options (background, palette, saturation), checked against
+"""Tests for the scene generator's appearance options (class colours, background, palette, saturation), checked against
 colour facts computed independently (colorsys hues, channel spreads)."""
 
 from __future__ import annotations
@@ -48,10 +48,39 @@ def test_palette_colours_are_evenly_spaced_hues(num: int) -> None:
         assert (saturation, value) == pytest.approx((0.8, 1.0))
 
 
+def test_class_colours_follow_the_class(fashion) -> None:
+    # Class k: hue (k mod 5) / 5 within the jitter; below class 5 the colour of HSV (hue, 0.8, 1), from class 5 that
+    # colour moved towards its grey by 0.45: its chroma (max - min) over its mean is 0.45 of the full colour's
+    # (a ratio the item's shading, which scales all channels alike, leaves unchanged).
+    jitter = SceneConfig().class_hue_jitter
+    seen: set[int] = set()
+    for scene in _scenes(fashion, SceneConfig(size=64, min_items=3, max_items=4), count=30):
+        for instance_id, label in enumerate(scene.labels, start=1):
+            pixels = scene.image[scene.instance == instance_id].astype(np.float64)
+            brightest = pixels[pixels.sum(axis=1).argmax()]
+            hue = _hue(brightest)
+            offset = abs((hue - (label % 5) / 5 + 0.5) % 1.0 - 0.5) * 5  # in units of the hue spacing
+            assert offset <= jitter + 0.03, (label, hue)
+            full = np.array(colorsys.hsv_to_rgb(hue, 0.8, 1.0))
+            expected = np.ptp(full) / full.mean() * (1.0 if label < 5 else 0.45)
+            assert np.ptp(brightest) / brightest.mean() == pytest.approx(expected, rel=0.08), label
+            seen.add(label)
+    assert seen == set(range(10))
+
+
+def test_class_colours_of_one_class_differ_only_within_the_jitter(fashion) -> None:
+    still = _scenes(fashion, SceneConfig(size=64, class_hue_jitter=0.0), count=20)
+    for scene in still:
+        for instance_id, label in enumerate(scene.labels, start=1):
+            pixels = scene.image[scene.instance == instance_id].astype(np.float64)
+            hue = _hue(pixels[pixels.sum(axis=1).argmax()])
+            assert abs((hue - (label % 5) / 5 + 0.5) % 1.0 - 0.5) < 0.01
+
+
 def test_palette_gives_each_item_of_a_scene_its_own_hue(fashion) -> None:
     hues = np.array([_hue(c) for c in palette_colours(8)])
     seen: set[int] = set()
-    for scene in _scenes(fashion, SceneConfig(size=64, palette=8, min_items=3, max_items=4)):
+    for scene in _scenes(fashion, SceneConfig(size=64, class_colours=False, palette=8, min_items=3, max_items=4)):
         picked = []
         for instance_id in range(1, len(scene.labels) + 1):
             pixels = scene.image[scene.instance == instance_id].astype(np.float64)
@@ -65,8 +94,9 @@ def test_palette_gives_each_item_of_a_scene_its_own_hue(fashion) -> None:
 
 
 def test_tint_saturation_zero_gives_grey_items(fashion) -> None:
-    for config in (SceneConfig(size=64, palette=8, tint_saturation=0.0),
-                   SceneConfig(size=64, palette=0, tint_saturation=0.0)):
+    for config in (SceneConfig(size=64, tint_saturation=0.0),
+                   SceneConfig(size=64, class_colours=False, palette=8, tint_saturation=0.0),
+                   SceneConfig(size=64, class_colours=False, palette=0, tint_saturation=0.0)):
         for scene in _scenes(fashion, config, count=6):
             items = scene.image[scene.instance > 0].astype(np.int64)
             assert items.size and np.all(items.max(axis=1) == items.min(axis=1))
@@ -105,7 +135,8 @@ def test_texture_amplitude_and_cells_shape_the_background(fashion) -> None:
     assert none < smooth < fine
 
 
-@pytest.mark.parametrize("field, value", [("palette", -1), ("tint_saturation", 1.5), ("background_saturation", -0.1),
+@pytest.mark.parametrize("field, value", [("palette", -1), ("class_hue_jitter", 0.5),
+                                          ("tint_saturation", 1.5), ("background_saturation", -0.1),
                                           ("gradient", 2.0), ("texture_amplitude", -1.0), ("texture_cells", (5, 2)),
                                           ("background_range", (200.0, 100.0))])
 def test_bad_options_are_refused(field: str, value: object) -> None:
@@ -115,7 +146,7 @@ def test_bad_options_are_refused(field: str, value: object) -> None:
 
 def test_options_are_recorded_and_reused(tmp_path: Path) -> None:
     root = tmp_path / "scenes"
-    options = {"palette": 4, "texture_cells": (2, 3), "background_range": (90.0, 150.0)}
+    options = {"class_colours": False, "palette": 4, "texture_cells": (2, 3), "background_range": (90.0, 150.0)}
     first = generate_scenes(root, num_train=3, num_eval=2, workers=1, **options)
     assert first.generated
     params = json.loads((root / "meta.json").read_text())["params"]

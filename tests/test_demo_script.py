@@ -27,19 +27,44 @@ def _commands(stdout: str, needle: str) -> list[str]:
 
 
 def test_cpu_recipe(tmp_path: Path) -> None:
-    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu")
+    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_CPU_BF16="0")
     assert code == 0, err
     [train] = _commands(out, "main_pretrain.py")
-    for flag in ("--device cpu", "--no-fp16", "--epochs 2", "--image-size 64", "--output-stride 8",
+    for flag in ("--device cpu", "--no-fp16", "--epochs 3", "--image-size 64", "--output-stride 8",
                  "--num-prototypes 16", "--center-momentum 0.97", "--batch-size 16", "--seed 0",
                  f"--output-dir {tmp_path / 'out'} "):
         assert flag in train, flag
     [report] = _commands(out, "eval.report")
-    assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report
+    assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report and "--image-size 128" in report
     pictures = _commands(out, "viz_slots.py")
     assert len(pictures) == 2 and "--top-prototypes 6" in pictures[0] and "--mode assign" in pictures[1]
     assert not _commands(out, "eval.metrics")  # one seed: no spread table
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_cpu_bfloat16_follows_the_cpu(tmp_path: Path) -> None:
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    for setting, flag in (("1", "--fp16"), ("0", "--no-fp16"), ("auto", "--fp16" if native else "--no-fp16")):
+        code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_CPU_BF16=setting)
+        assert code == 0, err
+        [train] = _commands(out, "main_pretrain.py")
+        assert f" {flag} " in train, setting
+    code, _, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_CPU_BF16="yes")
+    assert code == 2 and err.strip() == "demo.sh: error: DEMO_CPU_BF16 must be auto, 0 or 1, got 'yes'"
+
+
+def test_compute_threads_leave_a_core_for_the_loader(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    script = f"DEMO_DRY_RUN=1 source {ROOT / 'scripts' / 'demo.sh'} >/dev/null; echo $OMP_NUM_THREADS"
+    for cores, threads in (("0", "1"), ("0,1", "1"), ("0,1,2,3", "3")):
+        if len(cores.split(",")) > len(os.sched_getaffinity(0)):
+            continue
+        done = subprocess.run(["taskset", "-c", cores, "bash", "-c", script], capture_output=True, text=True,
+                              timeout=60, env={**env, "PYTHON": sys.executable, "DEMO_DEVICE": "cpu",
+                                               "DEMO_DATA": str(tmp_path / "d"), "DEMO_OUT": str(tmp_path / "o")})
+        assert done.stdout.strip().splitlines()[-1] == threads, (cores, done.stdout, done.stderr)
 
 
 def test_cuda_recipe_trains_longer(tmp_path: Path) -> None:
