@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.resnet import build_backbone
+from utils.distributed import cpu_has_native_bfloat16
 
 
 def time_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, crops: torch.Tensor, bf16: bool) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
             "threads": threads, "batch_size": args.batch_size, "image_size": args.image_size,
             "float32_s_per_step": round(fp32, 4), "bfloat16_s_per_step": round(bf16, 4),
             "bfloat16_speedup": round(fp32 / bf16, 2),
-            "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+            "native_bf16": cpu_has_native_bfloat16(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         }), flush=True)
 

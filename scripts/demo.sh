@@ -2,7 +2,8 @@
 # The demo (`make demo`): pretrain SlotCon on scenes built from the vendored Fashion-MNIST photos, compare the
 # trained network with a random one on held-out scenes, and draw what the prototypes learned.
 # Environment: PYTHON (python), DEMO_DATA (demo_data), DEMO_OUT (output/demo), DEMO_DEVICE (auto: cuda when
-# torch sees a GPU, else cpu), DEMO_CPU_BF16 (auto, 0 or 1: bfloat16 autocast on the CPU, see below), DEMO_SEEDS ("0"; with several, as `make demo-seeds` = "0 1 2", every seed
+# torch sees a GPU, else cpu), DEMO_CPU_BF16 (auto, 0 or 1: bfloat16 autocast on the CPU, see below),
+# DEMO_SEEDS ("0"; with several, as `make demo-seeds` = "0 1 2", every seed
 # trains its own model, seed S > 0 in $DEMO_OUT-seedS, and a last table gives each column's mean and
 # min-max over the seeds), DEMO_DRY_RUN=1 (print the commands instead of running them).
 set -euo pipefail
@@ -42,8 +43,7 @@ export PYTHONWARNINGS=ignore
 EPOCHS=3
 CPU_BF16=${DEMO_CPU_BF16:-auto}
 if [ "$CPU_BF16" = auto ]; then
-  CPU_BF16=$($PYTHON -c 'import torch; c = torch.cpu; print(int(any(getattr(c, f, lambda: False)() for f in
-    ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))))')
+  CPU_BF16=$($PYTHON -c 'from utils.distributed import cpu_has_native_bfloat16; print(int(cpu_has_native_bfloat16()))')
 fi
 case "$CPU_BF16" in 1) CPU_AMP=--fp16;; 0) CPU_AMP=--no-fp16;;
   *) echo "demo.sh: error: DEMO_CPU_BF16 must be auto, 0 or 1, got '$CPU_BF16'" >&2; exit 2;; esac
@@ -62,7 +62,7 @@ evals=()
 for SEED in $SEEDS; do
   RUN_OUT=$OUT
   if [ "$SEED" != 0 ]; then RUN_OUT=$OUT-seed$SEED; fi
-  echo "== 2/4 pretraining on $DEVICE, seed $SEED, $EPOCHS epochs -> $RUN_OUT"
+  echo "== 2/4 pretraining on $DEVICE (OMP_NUM_THREADS=$OMP_NUM_THREADS), seed $SEED, $EPOCHS epochs -> $RUN_OUT"
   if [ -f "$RUN_OUT/current.pth" ]; then echo "(found $RUN_OUT/current.pth: resuming; delete $RUN_OUT to start over)"; fi
   run "$PYTHON" main_pretrain.py --dataset demo --data-dir "$DATA" --output-dir "$RUN_OUT" --auto-resume \
     "${DEVICE_FLAGS[@]}" --seed "$SEED" --arch resnet18 --image-size 64 --min-scale 0.2 --output-stride 8 \
