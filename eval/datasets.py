@@ -54,9 +54,13 @@ class DemoSegmentation(Dataset):
         image = resize_center_crop(read_rgb(self.scenes.image_paths[index]), self.image_size)
         # Label maps are resampled nearest so every pixel keeps a real id.
         semantic, instance = (
-            np.array(resize_center_crop(Image.fromarray(read_label_map(path)), self.image_size,
-                                        resample=Image.Resampling.NEAREST))
-            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index]))
+            np.array(
+                resize_center_crop(
+                    Image.fromarray(read_label_map(path)), self.image_size, resample=Image.Resampling.NEAREST
+                )
+            )
+            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index])
+        )
         return image_to_tensor(image), torch.from_numpy(semantic), torch.from_numpy(instance)
 
 
@@ -68,27 +72,97 @@ class DemoSegmentation(Dataset):
 # (street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door, blender, hair brush) are kept
 # so that the table covers every value a label map can hold.
 _THINGS: tuple[tuple[str, str], ...] = (
-    ("person", "person"), ("bicycle", "vehicle"), ("car", "vehicle"), ("motorcycle", "vehicle"),
-    ("airplane", "vehicle"), ("bus", "vehicle"), ("train", "vehicle"), ("truck", "vehicle"), ("boat", "vehicle"),
-    ("traffic light", "outdoor"), ("fire hydrant", "outdoor"), ("street sign", "outdoor"), ("stop sign", "outdoor"),
-    ("parking meter", "outdoor"), ("bench", "outdoor"), ("bird", "animal"), ("cat", "animal"), ("dog", "animal"),
-    ("horse", "animal"), ("sheep", "animal"), ("cow", "animal"), ("elephant", "animal"), ("bear", "animal"),
-    ("zebra", "animal"), ("giraffe", "animal"), ("hat", "accessory"), ("backpack", "accessory"),
-    ("umbrella", "accessory"), ("shoe", "accessory"), ("eye glasses", "accessory"), ("handbag", "accessory"),
-    ("tie", "accessory"), ("suitcase", "accessory"), ("frisbee", "sports"), ("skis", "sports"),
-    ("snowboard", "sports"), ("sports ball", "sports"), ("kite", "sports"), ("baseball bat", "sports"),
-    ("baseball glove", "sports"), ("skateboard", "sports"), ("surfboard", "sports"), ("tennis racket", "sports"),
-    ("bottle", "kitchen"), ("plate", "kitchen"), ("wine glass", "kitchen"), ("cup", "kitchen"), ("fork", "kitchen"),
-    ("knife", "kitchen"), ("spoon", "kitchen"), ("bowl", "kitchen"), ("banana", "food"), ("apple", "food"),
-    ("sandwich", "food"), ("orange", "food"), ("broccoli", "food"), ("carrot", "food"), ("hot dog", "food"),
-    ("pizza", "food"), ("donut", "food"), ("cake", "food"), ("chair", "furniture"), ("couch", "furniture"),
-    ("potted plant", "furniture"), ("bed", "furniture"), ("mirror", "furniture"), ("dining table", "furniture"),
-    ("window", "furniture"), ("desk", "furniture"), ("toilet", "furniture"), ("door", "furniture"),
-    ("tv", "electronic"), ("laptop", "electronic"), ("mouse", "electronic"), ("remote", "electronic"),
-    ("keyboard", "electronic"), ("cell phone", "electronic"), ("microwave", "appliance"), ("oven", "appliance"),
-    ("toaster", "appliance"), ("sink", "appliance"), ("refrigerator", "appliance"), ("blender", "appliance"),
-    ("book", "indoor"), ("clock", "indoor"), ("vase", "indoor"), ("scissors", "indoor"), ("teddy bear", "indoor"),
-    ("hair drier", "indoor"), ("toothbrush", "indoor"), ("hair brush", "indoor"),
+    ("person", "person"),
+    ("bicycle", "vehicle"),
+    ("car", "vehicle"),
+    ("motorcycle", "vehicle"),
+    ("airplane", "vehicle"),
+    ("bus", "vehicle"),
+    ("train", "vehicle"),
+    ("truck", "vehicle"),
+    ("boat", "vehicle"),
+    ("traffic light", "outdoor"),
+    ("fire hydrant", "outdoor"),
+    ("street sign", "outdoor"),
+    ("stop sign", "outdoor"),
+    ("parking meter", "outdoor"),
+    ("bench", "outdoor"),
+    ("bird", "animal"),
+    ("cat", "animal"),
+    ("dog", "animal"),
+    ("horse", "animal"),
+    ("sheep", "animal"),
+    ("cow", "animal"),
+    ("elephant", "animal"),
+    ("bear", "animal"),
+    ("zebra", "animal"),
+    ("giraffe", "animal"),
+    ("hat", "accessory"),
+    ("backpack", "accessory"),
+    ("umbrella", "accessory"),
+    ("shoe", "accessory"),
+    ("eye glasses", "accessory"),
+    ("handbag", "accessory"),
+    ("tie", "accessory"),
+    ("suitcase", "accessory"),
+    ("frisbee", "sports"),
+    ("skis", "sports"),
+    ("snowboard", "sports"),
+    ("sports ball", "sports"),
+    ("kite", "sports"),
+    ("baseball bat", "sports"),
+    ("baseball glove", "sports"),
+    ("skateboard", "sports"),
+    ("surfboard", "sports"),
+    ("tennis racket", "sports"),
+    ("bottle", "kitchen"),
+    ("plate", "kitchen"),
+    ("wine glass", "kitchen"),
+    ("cup", "kitchen"),
+    ("fork", "kitchen"),
+    ("knife", "kitchen"),
+    ("spoon", "kitchen"),
+    ("bowl", "kitchen"),
+    ("banana", "food"),
+    ("apple", "food"),
+    ("sandwich", "food"),
+    ("orange", "food"),
+    ("broccoli", "food"),
+    ("carrot", "food"),
+    ("hot dog", "food"),
+    ("pizza", "food"),
+    ("donut", "food"),
+    ("cake", "food"),
+    ("chair", "furniture"),
+    ("couch", "furniture"),
+    ("potted plant", "furniture"),
+    ("bed", "furniture"),
+    ("mirror", "furniture"),
+    ("dining table", "furniture"),
+    ("window", "furniture"),
+    ("desk", "furniture"),
+    ("toilet", "furniture"),
+    ("door", "furniture"),
+    ("tv", "electronic"),
+    ("laptop", "electronic"),
+    ("mouse", "electronic"),
+    ("remote", "electronic"),
+    ("keyboard", "electronic"),
+    ("cell phone", "electronic"),
+    ("microwave", "appliance"),
+    ("oven", "appliance"),
+    ("toaster", "appliance"),
+    ("sink", "appliance"),
+    ("refrigerator", "appliance"),
+    ("blender", "appliance"),
+    ("book", "indoor"),
+    ("clock", "indoor"),
+    ("vase", "indoor"),
+    ("scissors", "indoor"),
+    ("teddy bear", "indoor"),
+    ("hair drier", "indoor"),
+    ("toothbrush", "indoor"),
+    ("hair brush", "indoor"),
 )
 
 # COCO-Stuff's stuff hierarchy (indoor, then outdoor groups). Stuff ids 92..182 are the stuff names in
@@ -97,16 +171,49 @@ _STUFF_GROUPS: dict[str, tuple[str, ...]] = {
     "ceiling": ("ceiling-other", "ceiling-tile"),
     "floor": ("carpet", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood"),
     "food-stuff": ("food-other", "fruit", "salad", "vegetable"),
-    "furniture-stuff": ("cabinet", "counter", "cupboard", "desk-stuff", "door-stuff", "furniture-other", "light",
-                        "mirror-stuff", "shelf", "stairs", "table"),
+    "furniture-stuff": (
+        "cabinet",
+        "counter",
+        "cupboard",
+        "desk-stuff",
+        "door-stuff",
+        "furniture-other",
+        "light",
+        "mirror-stuff",
+        "shelf",
+        "stairs",
+        "table",
+    ),
     "rawmaterial": ("cardboard", "metal", "paper", "plastic"),
-    "textile": ("banner", "blanket", "cloth", "clothes", "curtain", "mat", "napkin", "pillow", "rug",
-                "textile-other", "towel"),
+    "textile": (
+        "banner",
+        "blanket",
+        "cloth",
+        "clothes",
+        "curtain",
+        "mat",
+        "napkin",
+        "pillow",
+        "rug",
+        "textile-other",
+        "towel",
+    ),
     "wall": ("wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood"),
     "window": ("window-blind", "window-other"),
     "building": ("bridge", "building-other", "house", "roof", "skyscraper", "tent"),
-    "ground": ("dirt", "gravel", "ground-other", "mud", "pavement", "platform", "playingfield", "railroad", "road",
-               "sand", "snow"),
+    "ground": (
+        "dirt",
+        "gravel",
+        "ground-other",
+        "mud",
+        "pavement",
+        "platform",
+        "playingfield",
+        "railroad",
+        "road",
+        "sand",
+        "snow",
+    ),
     "plant": ("branch", "bush", "flower", "grass", "leaves", "moss", "plant-other", "straw", "tree"),
     "sky": ("clouds", "sky-other"),
     "solid": ("hill", "mountain", "rock", "solid-other", "stone", "wood"),
@@ -114,8 +221,20 @@ _STUFF_GROUPS: dict[str, tuple[str, ...]] = {
     "water": ("fog", "river", "sea", "water-other", "waterdrops"),
 }
 
-_THING_GROUPS = ("person", "vehicle", "outdoor", "animal", "accessory", "sports", "kitchen", "food", "furniture",
-                 "electronic", "appliance", "indoor")
+_THING_GROUPS = (
+    "person",
+    "vehicle",
+    "outdoor",
+    "animal",
+    "accessory",
+    "sports",
+    "kitchen",
+    "food",
+    "furniture",
+    "electronic",
+    "appliance",
+    "indoor",
+)
 # Coarse ids: the 12 thing supercategories (0..11), then the 15 stuff ones (12..26).
 COCOSTUFF27_CLASSES: tuple[str, ...] = (*_THING_GROUPS, *_STUFF_GROUPS)
 _STUFF_OF = {name: group for group, names in _STUFF_GROUPS.items() for name in names}
@@ -175,8 +294,9 @@ class CocoStuff27(Dataset):
         label_path = self.root / "annotations" / self.folder / f"{image_id}.png"
         fine = read_label_map(label_path)
         if fine.shape[::-1] != image.size:
-            raise EvalDataError(f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is "
-                                f"{image.size[0]}x{image.size[1]}")
+            raise EvalDataError(
+                f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is {image.size[0]}x{image.size[1]}"
+            )
         # Mapping first is exact: nearest resampling only moves label values around.
         coarse = Image.fromarray(self.lut[fine])
         image = resize_center_crop(image, self.image_size)

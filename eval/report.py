@@ -28,20 +28,26 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
     train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
     results: dict[str, Any] = {
         "unsupervised_seg": unsupervised_seg.run_unsupervised_seg(
-            model, evaluation.batches(args.batch_size, device), evaluation.num_classes, evaluation.class_names),
-        "linear_probe": linear_probe.run_linear_probe(train, evaluation, device, args.epochs, args.lr,
-                                                      args.batch_size, args.seed)}
+            model, evaluation.batches(args.batch_size, device), evaluation.num_classes, evaluation.class_names
+        ),
+        "linear_probe": linear_probe.run_linear_probe(
+            train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed
+        ),
+    }
     if evaluation.instance is not None:
         results["knn"] = knn.run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
         results["object_discovery"] = object_discovery.run_object_discovery(
-            model, evaluation.batches(args.batch_size, device))
+            model, evaluation.batches(args.batch_size, device)
+        )
     return results
 
 
 def summary_row(results: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of every evaluation that ran."""
-    row = {**unsupervised_seg.summary_row(results["unsupervised_seg"]),
-           **linear_probe.summary_row(results["linear_probe"])}
+    row = {
+        **unsupervised_seg.summary_row(results["unsupervised_seg"]),
+        **linear_probe.summary_row(results["linear_probe"]),
+    }
     if "knn" in results:
         row.update(knn.summary_row(results["knn"]))
     if "object_discovery" in results:
@@ -60,8 +66,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=knn.DEFAULT_TEMPERATURE, help="k-NN vote temperature")
 
 
-EVALUATION = Evaluation("python -m eval.report", __doc__.splitlines()[0], evaluate, summary_row, describe,
-                        add_options, multiple=True)
+EVALUATION = Evaluation(
+    "python -m eval.report", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, multiple=True
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
