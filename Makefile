@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-seeds test lint setup transfer-demo
+.PHONY: demo demo-seeds test lint format setup transfer-demo
 
 # The stamps re-run pip only when a requirements file changed.
 $(VENV)/.core-installed: requirements.txt
@@ -38,6 +38,8 @@ $(D2_STAMP): $(wildcard $(D2_SOURCE)) transfer/detection/install_detectron2.sh \
 	touch $@
 
 test: $(VENV)/.dev-installed $(if $(D2_SOURCE),$(D2_STAMP))
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # The paper's Table 1 in miniature: fine-tune Mask R-CNN and FCN on the demo scenes from the demo checkpoint
@@ -45,5 +47,10 @@ test: $(VENV)/.dev-installed $(if $(D2_SOURCE),$(D2_STAMP))
 transfer-demo: $(VENV)/.dev-installed
 	PYTHONWARNINGS=ignore $(PY) -m transfer.demo_table $(TRANSFER_ARGS)
 
+# ruff's linter and formatter (line length 120, pyproject.toml); `make test` (and so CI) checks both first.
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.dev-installed
+	$(PY) -m ruff format .
