@@ -50,6 +50,7 @@ from models.grouping import pixel_assignments
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher
 from utils.checkpoint import CheckpointError
+from utils.distributed import parse_device
 from utils.logger import printable
 
 PROG = "viz_slots.py"
@@ -138,8 +139,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"{PROG}: --alpha must be in [0, 1], got {args.alpha}")
     if args.top_prototypes and (args.idxs or args.sampling):
         raise SystemExit(f"{PROG}: --top-prototypes chooses the prototypes itself; drop --idxs / --sampling")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"{PROG}: --device {args.device}: no CUDA device is available (use --device cpu)")
+    try:
+        parse_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
     save = Path(args.save_path)
     if not save.parent.is_dir():
         raise SystemExit(f"{PROG}: --save-path {save}: folder {save.parent} does not exist")
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     check_args(args)
     if args.idxs:
         parse_idxs(args.idxs)  # a bad list stops here, before the model loads
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     given = {name: getattr(args, name) for name in SIZE_FLAGS if getattr(args, name) is not None}
     try:
         teacher = load_teacher(args.model_path, student=args.student, expected=given).to(device).eval()

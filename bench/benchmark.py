@@ -1,7 +1,7 @@
 """Throughput and memory of SlotCon pretraining, as JSON lines (one per measurement).
 
 Modes (``--modes``, comma-separated):
-  step     ``main_pretrain.Trainer.step`` (forward, backward, optimizer, finiteness check, teacher EMA) on synthetic,
+  step     ``engine.trainer.Trainer.step`` (forward, backward, optimizer, finiteness check, teacher EMA) on synthetic,
            already-augmented crops, interleaved in this process with a plain torchvision ResNet step (same arch
            and size, both views: 2B images, forward + backward + SGD): our step as a multiple of that one
   augment  the batched photometric augmentation alone (uint8 crops already on the device)
@@ -13,9 +13,9 @@ Modes (``--modes``, comma-separated):
            ``torch.utils.flop_counter`` on the meta device (shapes only: no compute, any --device)
 
 Example (the numbers in BENCHMARKS.md):
-  python bench/benchmark.py --device cuda --modes step,augment,data,e2e --arch resnet50 --image-size 224 \\
+  python -m bench.benchmark --device cuda --modes step,augment,data,e2e --arch resnet50 --image-size 224 \\
       --batch-size 128 --dim-hidden 4096 --num-prototypes 256 --num-workers 14
-  python bench/benchmark.py --device cpu --modes flops --arch resnet50 --image-size 224 --batch-size 128 \\
+  python -m bench.benchmark --device cpu --modes flops --arch resnet50 --image-size 224 --batch-size 128 \\
       --dim-hidden 4096 --num-prototypes 256
 """
 
@@ -36,21 +36,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from data.datasets import TwoViewDataset, collate_two_views, list_images
+from data.photometric import BatchAugment
+from data.sampler import ResumableSampler
+from data.transforms import TwoViewCrop
+from engine.trainer import build_model, build_trainer, fill_device_defaults
+from main_pretrain import get_args_parser
+from models import SlotCon
+from models.backbones import build_reference_classifier
+from utils.distributed import DistInfo
 
-from data.datasets import TwoViewDataset, collate_two_views, list_images  # noqa: E402
-from data.photometric import BatchAugment  # noqa: E402
-from data.sampler import ResumableSampler  # noqa: E402
-from data.transforms import TwoViewCrop  # noqa: E402
-from main_pretrain import build_model, build_trainer, fill_device_defaults, get_args_parser  # noqa: E402
-from models import SlotCon  # noqa: E402
-from utils.distributed import DistInfo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_args() -> argparse.Namespace:
@@ -183,7 +183,7 @@ def plain_resnet_step(args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     settings = pretrain_args(args)
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
-    net = getattr(torchvision.models, args.arch)().to(device, memory_format=fmt)
+    net = build_reference_classifier(args.arch).to(device, memory_format=fmt)
     if args.compile:
         net.compile()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
@@ -596,7 +596,7 @@ def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
     split["rest"] = total - sum(split.values())
 
     torch.manual_seed(0)
-    classifier = getattr(torchvision.models, args.arch)().to(meta)
+    classifier = build_reference_classifier(args.arch).to(meta)
     images, labels = torch.empty(b, 3, s, s, device=meta), torch.zeros(b, dtype=torch.long, device=meta)
     supervised = _count_flops(lambda: nn.functional.cross_entropy(classifier(images), labels).backward())
 

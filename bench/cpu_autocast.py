@@ -5,7 +5,7 @@ A ResNet-18 trunk at ``--output-stride 8`` (the demo's), forward + backward + SG
 result is bfloat16's speed-up over float32 (the number `scripts/demo.sh` relies on when it turns bfloat16 on for
 CPUs that compute it natively), one JSON line per thread count::
 
-    python bench/cpu_autocast.py --threads 1 2 --rounds 5
+    python -m bench.cpu_autocast --threads 1 2 --rounds 5
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.resnet import build_backbone
+from models.backbones import build_backbone
 from utils.distributed import cpu_has_native_bfloat16
 
 

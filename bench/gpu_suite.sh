@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 echo "cpu cores: $(nproc); commit: $(git rev-parse --short HEAD 2>/dev/null)"
-bench() { $py bench/benchmark.py --device cuda --arch resnet50 --image-size 224 --dim-hidden 4096 \
+bench() { $py -m bench.benchmark --device cuda --arch resnet50 --image-size 224 --dim-hidden 4096 \
   --num-prototypes 256 --output "$out/bench.jsonl" "$@" || echo "FAILED: $*"; }
 bench --modes augment --batch-size 128 --steps 20 --warmup 5
 bench --modes augment --batch-size 128 --steps 20 --warmup 5 --compile

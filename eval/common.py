@@ -33,6 +33,8 @@ from eval.datasets import DATASETS, build_dataset
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher, teacher_config
 from utils.checkpoint import load_checkpoint
+from utils.distributed import parse_device
+from utils.tables import format_table
 
 RANDOM = "random"
 # SlotCon's default network; a random model uses these unless told otherwise.
@@ -77,19 +79,6 @@ class SplitFeatures:
                 self.semantic[idx].to(device),
                 None if self.instance is None else self.instance[idx].to(device),
             )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a valid torch device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def build_teacher(
@@ -261,18 +250,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(clean(payload), indent=2) + "\n")
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> str:
-    """A plain-text table: one row per model, metric values in percent."""
-    name_width = max(len("model"), *(len(name) for name in rows))
-    widths = [max(len(c), 6) for c in columns]
-    lines = ["  ".join(["model".ljust(name_width), *(c.rjust(w) for c, w in zip(columns, widths, strict=True))])]
-    for name, metrics in rows.items():
-        cells = [
-            f"{100 * metrics[c]:.1f}" if metrics.get(c) is not None and math.isfinite(metrics[c]) else "-"
-            for c in columns
-        ]
-        lines.append("  ".join([name.ljust(name_width), *(v.rjust(w) for v, w in zip(cells, widths, strict=True))]))
-    return "\n".join(lines)
+def percent_cells(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> dict[str, list[str]]:
+    """Every row's metrics as cells in percent with one decimal ("-" where a metric is missing or not finite)."""
+    return {
+        name: [f"{100 * m[c]:.1f}" if m.get(c) is not None and math.isfinite(m[c]) else "-" for c in columns]
+        for name, m in rows.items()
+    }
 
 
 def split_features(args: argparse.Namespace, model: SlotConTeacher, device: torch.device, split: str) -> SplitFeatures:
@@ -315,7 +298,7 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
         check_args(args)
         if evaluation.check is not None:
             evaluation.check(args)
-        device = resolve_device(args.device)
+        device = parse_device(args.device)
         checkpoints = args.checkpoints if evaluation.multiple else [args.checkpoint]
         names = [model_name(c) for c in checkpoints]
         if len(set(names)) != len(names):
@@ -338,7 +321,8 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
             results[name] = result
             print(evaluation.describe(args, result))
         rows = {name: result["summary"] for name, result in results.items()}
-        print(format_table(rows, list(dict.fromkeys(c for row in rows.values() for c in row))))
+        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+        print(format_table(percent_cells(rows, columns), columns))
         if args.output_json:
             payload = (
                 {"dataset": args.dataset, "data_dir": args.data_dir, "models": results}

@@ -19,6 +19,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from utils.tables import format_table
+
 UNASSIGNED = -1  # the class a cluster maps to when a matching leaves it without one
 
 
@@ -224,13 +226,7 @@ def format_spread(spread: dict[str, dict[str, tuple[float, float, float]]], runs
         ]
         for m in models
     }
-    name_width = max(len(f"model ({runs} seeds)"), *(len(m) for m in models))
-    widths = [max(len(c), *(len(cells[m][i]) for m in models)) for i, c in enumerate(columns)]
-    header = f"model ({runs} seeds)"
-    lines = ["  ".join([header.ljust(name_width), *(c.rjust(w) for c, w in zip(columns, widths, strict=True))])]
-    for m in models:
-        lines.append("  ".join([m.ljust(name_width), *(v.rjust(w) for v, w in zip(cells[m], widths, strict=True))]))
-    return "\n".join(lines)
+    return format_table(cells, columns, first=f"model ({runs} seeds)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

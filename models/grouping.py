@@ -1,4 +1,9 @@
-"""Semantic grouping: learnable prototypes assign pixels softly and pool them into slots."""
+"""Semantic grouping: learnable prototypes assign pixels softly and pool them into slots.
+
+SlotCon's grouping head (Wen et al., "Self-Supervised Visual Representation Learning with Semantic Grouping",
+NeurIPS 2022, Sec. 3.1, Eq. 1-2); it mirrors ``SemanticGrouping`` in the authors' ``models/slotcon.py``
+(https://github.com/CVMI-Lab/SlotCon).
+"""
 
 from __future__ import annotations
 

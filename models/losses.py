@@ -4,15 +4,21 @@ Everything here works on fixed-shape tensors: no ``.nonzero()``, no per-sample P
 training step never waits on the host. Where the reference selects a variable number of slots, we
 pack them into a buffer of capacity ``min(K, H*W)`` per image (an image cannot have more distinct
 argmax prototypes than pixels) and carry a validity mask.
+
+- [0] X. Wen et al., "Self-Supervised Visual Representation Learning with Semantic Grouping", NeurIPS 2022,
+  arXiv:2205.15288 (Sec. 3.2: the pixel-level grouping loss, Eq. 3; the slot-level contrastive loss, Eq. 4-5).
+- [1] The authors' implementation, https://github.com/CVMI-Lab/SlotCon, ``models/slotcon.py``: the functions
+  named in each docstring below are the ones there that compute the same quantity.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from utils.distributed import all_gather_cat, rank_and_world, sum_over_ranks
 
 
 def align_to_overlap(scores: Tensor, boxes: Tensor, flipped: Tensor) -> Tensor:
@@ -23,6 +29,8 @@ def align_to_overlap(scores: Tensor, boxes: Tensor, flipped: Tensor) -> Tensor:
     ``aligned=True`` takes one bilinear sample per bin centre (the box is at most H x W cells), so the
     box [0, 0, 1, 1] reproduces the map exactly. Flipped samples are then mirrored back, so both views
     index the same image points. An empty or inverted box (crops that do not overlap) gives zeros.
+
+    Mirrors ``SlotCon.invaug`` [1].
     """
     b, _, h, w = scores.shape
     x1, y1, x2, y2 = boxes.float().unbind(dim=1)  # scaled with Python numbers: no host-to-device copy
@@ -38,6 +46,8 @@ def group_loss(
     """Pixel-level self-distillation between aligned score maps [B, K, H, W] (rows r = pixels).
 
     L = 1/N sum_r sum_k -softmax_k((t_r - c) / teacher_temp) * log_softmax_k(s_r / student_temp)
+
+    Eq. 3 of [0]; mirrors ``SlotCon.self_distill`` [1].
     """
     k = student_scores.shape[1]
     student_rows = student_scores.permute(0, 2, 3, 1).reshape(-1, k).float()
@@ -65,21 +75,6 @@ def pack_active(mask: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     """x [B, K, D], index [B, C] -> [B, C, D]."""
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _all_gather(x: Tensor) -> Tensor:
-    """Concatenate x from every rank along dim 0 (no gradient); x itself without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _pack_rows(valid: Tensor, multiple: int = 64) -> Tensor:
@@ -115,10 +110,12 @@ def slot_contrastive_loss(
     specialise; the predictor MLP still runs on every row (11% of a ResNet-50 step's FLOPs). With
     ``pack_queries`` the valid rows are moved first and the predictor runs on their count rounded up to 64,
     at the price of one host synchronisation. The result is the same.
+
+    Eq. 4-5 of [0]; mirrors ``SlotCon.ctr_loss_filtered`` (with ``concat_all_gather`` for the keys) [1].
     """
     b, k, dim = student_slots.shape
     capacity = min(k, student_scores.shape[2] * student_scores.shape[3])
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
 
     mask_k = active_prototypes(teacher_scores)
     mask_query = active_prototypes(student_scores) & mask_k
@@ -137,16 +134,13 @@ def slot_contrastive_loss(
     predicted = F.normalize(predictor(queries, query_valid), dim=1)
 
     keys = F.normalize(_gather_rows(teacher_slots.detach(), key_index).reshape(b * capacity, dim), dim=1)
-    all_keys = _all_gather(keys.to(predicted.dtype))
-    all_key_valid = _all_gather(key_valid.reshape(-1))
+    all_keys = all_gather_cat(keys.to(predicted.dtype))
+    all_key_valid = all_gather_cat(key_valid.reshape(-1))
 
     logits = predicted @ all_keys.T / temp
     logits = logits.float().masked_fill(~all_key_valid[None, :], float("-inf"))
     per_query = F.cross_entropy(logits, torch.where(query_valid, labels, 0), reduction="none")
     per_query = torch.where(query_valid, per_query, 0.0)
 
-    num_queries = query_valid.sum().to(per_query.dtype)
-    if world > 1:
-        num_queries = num_queries.clone()
-        dist.all_reduce(num_queries)
+    num_queries = sum_over_ranks(query_valid.sum().to(per_query.dtype))
     return per_query.sum() / num_queries.clamp(min=1) * world * (2 * temp)

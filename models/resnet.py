@@ -26,8 +26,8 @@ _ARCHS: dict[str, tuple[type[nn.Module], list[int], dict]] = {
     "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
     "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], {"groups": 32, "width_per_group": 8}),
 }
-ARCHS = tuple(_ARCHS)
-OUTPUT_STRIDES = (32, 16, 8)
+RESNET_ARCHS = tuple(_ARCHS)
+OUTPUT_STRIDES = (32, 16, 8)  # the first is the default
 
 
 def _dilate_stage(stage: nn.Sequential, dilation: int, previous_dilation: int) -> None:
@@ -72,9 +72,10 @@ class ResNetTrunk(ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def build_backbone(arch: str, output_stride: int = 32) -> ResNetTrunk:
-    """Build a randomly initialised ResNet trunk by name (one of ``ARCHS``) with C5 at ``output_stride``."""
-    if arch not in _ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+def build_resnet(arch: str, output_stride: int = 32) -> ResNetTrunk:
+    """A randomly initialised ResNet trunk by name (one of ``RESNET_ARCHS``) with C5 at ``output_stride``.
+
+    Called through ``models.backbones.build_backbone``, which checks the name and the stride first.
+    """
     block, layers, kwargs = _ARCHS[arch]
     return ResNetTrunk(block, layers, output_stride=output_stride, **kwargs)

@@ -1,5 +1,9 @@
-"""SlotCon: a student/teacher pair of ResNet + projector + semantic grouping, trained with a pixel-level
+"""SlotCon: a student/teacher pair of backbone + projector + semantic grouping, trained with a pixel-level
 grouping loss on the views' overlap and a slot-level contrastive loss.
+
+Paper: X. Wen, B. Zhao, A. Zheng, X. Zhang, X. Qi, "Self-Supervised Visual Representation Learning with Semantic
+Grouping", NeurIPS 2022 (arXiv:2205.15288). The authors' code: https://github.com/CVMI-Lab/SlotCon (its
+``models/slotcon.py``), which this module reproduces numerically without sharing its code.
 
 The attribute names and registration order reproduce the official state_dict exactly (``center``,
 ``encoder_q``, ``encoder_k``, ``projector_q``, ``projector_k``, ``grouping_q``, ``grouping_k``,
@@ -11,13 +15,13 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from models.backbones import build_backbone
 from models.grouping import SemanticGrouping
 from models.heads import MLPHead
 from models.losses import active_prototypes, align_to_overlap, group_loss, slot_contrastive_loss
-from models.resnet import build_backbone
+from utils.distributed import sum_over_ranks
 
 TEACHER_PREFIXES = ("encoder_k.", "projector_k.", "grouping_k.")
 
@@ -44,7 +48,7 @@ class SlotCon(nn.Module):
         center_momentum: float = 0.9,
         group_loss_weight: float = 0.5,
         pack_slot_queries: bool = False,
-        output_stride: int = 32,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
@@ -101,8 +105,7 @@ class SlotCon(nn.Module):
         """c <- m c + (1 - m) mean over all pixels of all ranks of the raw (unaligned) teacher scores."""
         rows = teacher_scores.permute(0, 2, 3, 1).reshape(-1, teacher_scores.shape[1]).float()
         total = torch.cat([rows.sum(dim=0), rows.new_full((1,), rows.shape[0])])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
+        sum_over_ranks(total)
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)
         self.center.copy_(self.center * self.center_momentum + batch_center * (1 - self.center_momentum))
 
@@ -156,7 +159,7 @@ class SlotConTeacher(nn.Module):
         dim_out: int = 256,
         num_prototypes: int = 256,
         teacher_temp: float = 0.07,
-        output_stride: int = 32,
+        output_stride: int | None = None,
     ) -> SlotConTeacher:
         """A randomly initialised teacher of the given configuration."""
         encoder = build_backbone(arch, output_stride)

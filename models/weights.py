@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from models.backbones import resolve_output_stride
 from models.slotcon import TEACHER_PREFIXES, SlotConTeacher
-from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict
+from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, nonfinite_tensors
 
 STUDENT_PREFIXES = tuple(p.replace("_k.", "_q.") for p in TEACHER_PREFIXES)
 
@@ -26,18 +26,19 @@ def _pick_network(checkpoint: dict[str, Any], student: bool) -> dict[str, Tensor
                 picked[teacher_prefix + key[len(prefix) :]] = value
     if not any(k.startswith("encoder_k.") for k in picked):
         raise CheckpointError(
-            f"checkpoint holds no {_network(student)} backbone weights; is it a full SlotCon checkpoint?"
+            f"checkpoint holds no {network_name(student)} backbone weights; is it a full SlotCon checkpoint?"
         )
     return picked
 
 
-def _network(student: bool) -> str:
+def network_name(student: bool) -> str:
+    """How messages and summaries name the network taken from a checkpoint."""
     return "student (encoder_q)" if student else "teacher (encoder_k)"
 
 
 def check_finite(state: dict[str, Tensor], what: str) -> None:
     """Raise ``CheckpointError`` (one line) if any floating-point tensor of ``state`` holds NaN or Inf."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(
             f"{len(bad)} of the {what}'s {len(state)} tensors hold NaN or Inf (e.g. {bad[0]}); "
@@ -52,18 +53,19 @@ def network_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dic
     ``CheckpointError`` when they are missing or any of them holds NaN or Inf.
     """
     picked = _pick_network(checkpoint, student)
-    check_finite(picked, f"{_network(student)} network")
+    check_finite(picked, f"{network_name(student)} network")
     return picked
 
 
 def backbone_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dict[str, Tensor]:
-    """The backbone alone with torchvision ResNet names (``conv1.weight``, ``layer1.0.bn1.weight``...).
+    """The backbone alone, under its own names (its family's ``BackboneSpec.weight_names``: torchvision's for
+    ResNets, ``conv1.weight``, ``layer1.0.bn1.weight``...).
 
     Raises ``CheckpointError`` when it is missing or any of its tensors holds NaN or Inf.
     """
     prefix = "encoder_k."
     backbone = {k[len(prefix) :]: v for k, v in _pick_network(checkpoint, student).items() if k.startswith(prefix)}
-    check_finite(backbone, f"{_network(student)} backbone")
+    check_finite(backbone, f"{network_name(student)} backbone")
     return backbone
 
 
@@ -76,7 +78,7 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     state = _pick_network(checkpoint, student=False)
     args = checkpoint.get("args") or {}
     if "arch" not in args:
-        raise CheckpointError("checkpoint has no args['arch']; cannot tell which ResNet it holds")
+        raise CheckpointError("checkpoint has no args['arch']; cannot tell which backbone it holds")
     last_projector_layer = max(int(k.split(".")[2]) for k in state if k.startswith("projector_k.mlp."))
     return {
         "arch": args["arch"],
@@ -84,8 +86,8 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "dim_out": state[f"projector_k.mlp.{last_projector_layer}.weight"].shape[0],
         "num_prototypes": state["grouping_k.slot_embed.weight"].shape[0],
         "teacher_temp": float(args.get("teacher_temp", 0.07)),
-        # Dilation changes no weight, so it can only come from the args; official checkpoints are stride 32.
-        "output_stride": int(args.get("output_stride", 32)),
+        # Dilation changes no weight, so it can only come from the args; official checkpoints have the default.
+        "output_stride": resolve_output_stride(args["arch"], args.get("output_stride")),
     }
 
 

@@ -58,6 +58,16 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess:
     )
 
 
+def run_with_faults(
+    args: list[str], nan_loss_at: list[int] = (), inf_lr_at: list[int] = ()
+) -> subprocess.CompletedProcess:
+    """``main_pretrain.py`` with faults injected into its trainer at these iterations (tests/faults.py)."""
+    faults = ["--nan-loss-at", *map(str, nan_loss_at), "--inf-lr-at", *map(str, inf_lr_at), "--"]
+    return subprocess.run(
+        [sys.executable, "-m", "tests.faults", *faults, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "main_pretrain.py", *args],

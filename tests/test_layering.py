@@ -1,8 +1,9 @@
 """The project's import layers run one way (README, Layout):
 
-    utils            I/O, distributed helpers, logging, optimiser, schedules: nothing else of the project
+    utils            I/O, distributed helpers, logging, optimiser, schedules, tables: nothing else of the project
     data, models     utils and themselves (data and models do not import each other)
-    eval, transfer   utils, data, models and themselves (not each other)
+    engine           utils, data, models and itself: the trainer, its step, checkpointing, the run's log
+    eval, transfer   utils, data, models and themselves (not each other, not the engine)
     entry points     main_pretrain.py, viz_slots.py, bench/: anything
 
 Every import in every source file counts, function-level ones included.
@@ -14,12 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("utils", "data", "models", "eval", "transfer")
+PACKAGES = ("utils", "data", "models", "engine", "eval", "transfer")
 ENTRY_POINTS = ("main_pretrain", "viz_slots", "bench")
 ALLOWED = {
     "utils": {"utils"},
     "data": {"utils", "data"},
     "models": {"utils", "models"},
+    "engine": {"utils", "data", "models", "engine"},
     "eval": {"utils", "data", "models", "eval"},
     "transfer": {"utils", "data", "models", "transfer"},
 }

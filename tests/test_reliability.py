@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from main_pretrain import EXIT_PREEMPTED, check_args, get_args_parser
-from tests.pretrain_helpers import ROOT, TINY, logged_iterations, make_images, metrics, run, start
+from tests.pretrain_helpers import ROOT, TINY, logged_iterations, make_images, metrics, run, run_with_faults, start
 from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_atomic
 
 pytestmark = pytest.mark.slow
@@ -206,7 +206,7 @@ def test_nonfinite_losses_and_updates_are_undone_and_too_many_stop(image_dir, tm
     common = [*TINY, "--data-dir", str(image_dir), "--output-dir", str(out), "--num-workers", "0", "--save-freq", "1"]
     # Epoch 1 trains normally; every step of epoch 2 (iterations 3-5) is poisoned: NaN losses at 3 and 5, and at 4
     # a finite loss whose update (an infinite learning rate) leaves the weights and the optimizer non-finite.
-    done = run([*common, "--epochs", "2", "--inject-nan-at", "3", "5", "--inject-inf-lr-at", "4"])
+    done = run_with_faults([*common, "--epochs", "2"], nan_loss_at=[3, 5], inf_lr_at=[4])
     assert done.returncode == 0, done.stderr
     log = (out / "log.txt").read_text()
     assert log.count("non-finite loss; the step was undone") == 2
@@ -221,21 +221,19 @@ def test_nonfinite_losses_and_updates_are_undone_and_too_many_stop(image_dir, tm
         assert torch.equal(state_1["mu"], state_2["mu"])
 
     # As a user runs it: TensorBoard on, loader workers.
-    stop = run(
+    stop = run_with_faults(
         [
             *common,
             "--epochs",
             "3",
             "--auto-resume",
-            "--inject-inf-lr-at",
-            "6",
-            "7",
             "--max-nonfinite-steps",
             "2",
             "--tensorboard",
             "--num-workers",
             "2",
-        ]
+        ],
+        inf_lr_at=[6, 7],
     )
     assert stop.returncode != 0
     assert "2 non-finite steps in a row" in stop.stderr and "Traceback" not in stop.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.resnet import ARCHS, build_backbone
+from models.backbones import ARCHS, build_backbone
 
 
 @pytest.mark.parametrize(

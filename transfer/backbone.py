@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-# Scripts in transfer/ are run by path (python transfer/detection/convert_pretrain_to_d2.py); make the
-# repository's packages importable in that case too.
-_REPO_ROOT = str(Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from models.weights import backbone_state_dict  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from models.backbones import backbone_shapes
+from models.weights import backbone_state_dict, network_name
+from utils.checkpoint import CheckpointError, load_checkpoint
 
 # (bottleneck blocks?, blocks per stage) -> depth; the plain ResNets detectron2 and mmseg can build.
 _DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
@@ -39,18 +32,9 @@ SUPPORTED_DEPTHS = tuple(sorted(_DEPTHS.values()))
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
-def network_name(student: bool) -> str:
-    """How summaries and errors name the exported network."""
-    return "student (encoder_q)" if student else "teacher (encoder_k)"
-
-
 def reference_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of torchvision's ResNet-``depth`` without its classifier (built on the meta device, free)."""
-    import torchvision
-
-    with torch.device("meta"):
-        model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    """Names and shapes of the plain ResNet-``depth`` trunk (torchvision's names, no classifier)."""
+    return backbone_shapes(f"resnet{depth}")
 
 
 def infer_depth(state: dict[str, Tensor]) -> int:

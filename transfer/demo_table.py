@@ -25,15 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from transfer.backbone import load_resnet_backbone
+from transfer.demo_sets import DemoSetError, write_transfer_sets
+from transfer.detection import convert_pretrain_to_d2
+from transfer.segmentation import convert_pretrain_to_mm
+from utils.checkpoint import load_checkpoint
+from utils.tables import format_table
 
-from transfer.backbone import load_resnet_backbone  # noqa: E402
-from transfer.demo_sets import DemoSetError, write_transfer_sets  # noqa: E402
-from transfer.detection import convert_pretrain_to_d2  # noqa: E402
-from transfer.segmentation import convert_pretrain_to_mm  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 D2_CONFIG = REPO / "transfer" / "detection" / "configs" / "Demo_R_18_FPN_SlotCon.yaml"
 SEG_CONFIG = REPO / "transfer" / "segmentation" / "configs" / "demo" / "fcn_r18-d16_128x128_demo.py"
@@ -226,13 +225,6 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
-    lines = ["| init | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for init, values in rows.items():
-        lines.append(f"| {init} | " + " | ".join(f"{values[c]:.1f}" for c in columns) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.time()
@@ -285,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         rows[init] |= timed(seg_out.name, mmseg_run, weights, seg_out)
 
     columns = ["box AP", "mask AP", "mIoU"]
-    table = format_table(rows, columns)
+    cells = {init: [f"{values[c]:.1f}" for c in columns] for init, values in rows.items()}
+    table = format_table(cells, columns, first="init", markdown=True)
     wall = time.time() - start
     caption = (
         f"Demo transfer (ResNet-{args.depth}; Mask R-CNN {detector}, {args.det_iters} it x {args.det_batch} "

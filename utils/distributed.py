@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +27,28 @@ class DistInfo:
         return self.world_size > 1
 
 
+def parse_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a device this machine has; ``ValueError`` with one line otherwise.
+
+    The one check of a ``--device`` flag, for training, the evaluations and the pictures alike.
+    """
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if match is None:
+        raise ValueError(f"--device {name}: use cuda, cuda:N or cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
 def init_distributed(device: str | None) -> DistInfo:
     """Join the torchrun process group if launched by torchrun, else run as one process.
 
-    ``device``: "cuda", "cuda:N", "cpu", or None for CUDA when available. Under torchrun each process takes
-    GPU ``LOCAL_RANK``; the backend is NCCL on GPU and gloo on CPU.
+    ``device``: "cuda", "cuda:N", "cpu" (checked by ``parse_device``), or None for CUDA when available. Under
+    torchrun each process takes GPU ``LOCAL_RANK``; the backend is NCCL on GPU and gloo on CPU.
     """
-    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if want_cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
+    want_cuda = torch.cuda.is_available() if device is None else parse_device(device).type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(0, 1, torch.device(device or ("cuda" if want_cuda else "cpu")))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -69,13 +83,29 @@ def _store_for_this_attempt(rank: int, world: int) -> dist.Store:
     return dist.PrefixStore(f"slotcon/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def _process_group_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def process_group_active() -> bool:
+    """Whether this process is one of a running process group (torchrun), the one test every module uses."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes: (0, 1) without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if process_group_active() else (0, 1)
+
+
+def all_gather_cat(x: Tensor) -> Tensor:
+    """``x`` of every rank concatenated along dim 0, in rank order, without gradient (``x`` itself alone)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def sum_over_ranks(x: Tensor) -> Tensor:
     """The elementwise sum of ``x`` over all ranks, in place and without gradient (``x`` without a process group)."""
-    if _process_group_size() > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(x)
     return x
 
@@ -83,7 +113,7 @@ def sum_over_ranks(x: Tensor) -> Tensor:
 def differentiable_sum_over_ranks(x: Tensor) -> Tensor:
     """The elementwise sum of ``x`` over all ranks as a new tensor whose gradient flows back to every rank's
     ``x`` (``x`` itself without a process group)."""
-    if _process_group_size() > 1:
+    if rank_and_world()[1] > 1:
         return dist_fn.all_reduce(x)
     return x
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from utils.distributed import process_group_active
+
 LOCK_NAME = ".run.lock"
 
 # Lock fds this process holds. A forked child (a DataLoader worker) closes its copy at once, so that a holder
@@ -143,7 +145,7 @@ def _read_holder(path: Path, tries: int = 20) -> dict:
 
 def broadcast_text(text: str) -> str:
     """Rank 0's ``text`` on every rank (``text`` itself without a process group). A collective: all ranks call it."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not process_group_active():
         return text
     box = [text]
     dist.broadcast_object_list(box, src=0)

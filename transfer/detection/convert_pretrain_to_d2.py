@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
+if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from transfer.backbone import check_output_path, load_resnet_backbone, network_name
+from models.weights import network_name
+from transfer.backbone import check_output_path, load_resnet_backbone
 
 # detectron2 reads a .pkl with "__author__" as a non-Caffe2 model (so it keeps our names and RGB layout),
 # and "matching_heuristics" lets it match names by suffix, as for its own converted models.

@@ -13,18 +13,15 @@ the normalisation SlotCon was pretrained with.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
 
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from transfer.backbone import SUPPORTED_DEPTHS, load_resnet_backbone, network_name
+from models.weights import network_name
+from transfer.backbone import SUPPORTED_DEPTHS, load_resnet_backbone
 
 
 def build_maskrcnn(

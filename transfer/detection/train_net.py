@@ -25,7 +25,8 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
+if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 try:
     import torch

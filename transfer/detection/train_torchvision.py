@@ -16,12 +16,9 @@ import contextlib
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
 
 import numpy as np
 import torch

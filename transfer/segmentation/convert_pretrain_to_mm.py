@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
+if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from transfer.backbone import check_output_path, load_resnet_backbone, network_name
+from models.weights import network_name
+from transfer.backbone import check_output_path, load_resnet_backbone
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
+if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from transfer.backbone import SUPPORTED_DEPTHS, infer_depth, reference_resnet_shapes
 from transfer.segmentation.mmcv_ext import install as install_mmcv_ext_stand_in

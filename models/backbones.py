@@ -1,0 +1,91 @@
+"""One factory for every backbone family: ``--arch`` names a trunk that turns images into a dense feature map.
+
+A trunk is an ``nn.Module`` whose ``forward`` maps images [B, 3, H, W] to a dense map [B, C, H/s, W/s] (the map
+SlotCon groups) and that carries ``num_channels`` (C) and ``output_stride`` (s). Everything in the project that
+depends on the architecture asks this module and nothing else: training's flags, SlotCon's heads, the
+evaluations and pictures, the checkpoint readers, the converters and the benchmarks. ``backbone_spec(arch)``
+says what an arch is before anything is built; ``build_backbone`` builds it; ``backbone_shapes`` gives its
+parameter names and shapes without building weights.
+
+A new family adds its own module (the trunk), its ``BackboneSpec`` entries and builder here, and its names in the
+converters' maps (``transfer/``); nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from models import resnet
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What one ``--arch`` is, known before building it.
+
+    ``output_strides``: the strides of the dense map it can give, the default first (ResNets dilate their last
+    stages for 16 and 8). ``weight_names``: whose parameter names the trunk's ``state_dict`` carries, the names
+    the converters map from and an export writes ("torchvision" for ResNets).
+    """
+
+    arch: str
+    family: str
+    output_strides: tuple[int, ...]
+    weight_names: str
+
+    @property
+    def default_output_stride(self) -> int:
+        return self.output_strides[0]
+
+
+# family -> builder(arch, output_stride) of a randomly initialised trunk
+_BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {"resnet": resnet.build_resnet}
+SPECS: dict[str, BackboneSpec] = {
+    arch: BackboneSpec(arch, "resnet", resnet.OUTPUT_STRIDES, "torchvision") for arch in resnet.RESNET_ARCHS
+}
+ARCHS = tuple(SPECS)
+
+
+def backbone_spec(arch: str) -> BackboneSpec:
+    """The spec of ``arch``; ``ValueError`` (one line, naming the choices) for a name no family has."""
+    try:
+        return SPECS[arch]
+    except KeyError:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}") from None
+
+
+def resolve_output_stride(arch: str, output_stride: int | None = None) -> int:
+    """``output_stride`` checked against what ``arch`` can give, or its default for None."""
+    spec = backbone_spec(arch)
+    if output_stride is None:
+        return spec.default_output_stride
+    if output_stride not in spec.output_strides:
+        choices = ", ".join(map(str, spec.output_strides))
+        raise ValueError(f"--output-stride {output_stride}: --arch {arch} gives {choices}")
+    return output_stride
+
+
+def build_backbone(arch: str, output_stride: int | None = None) -> nn.Module:
+    """A randomly initialised trunk of ``arch`` whose dense map has ``output_stride`` (default: the arch's)."""
+    stride = resolve_output_stride(arch, output_stride)
+    return _BUILDERS[backbone_spec(arch).family](arch, stride)
+
+
+def build_reference_classifier(arch: str) -> nn.Module:
+    """The library's own supervised classifier of ``arch`` (torchvision's ResNet with its fc layer), randomly
+    initialised: the plain step the benchmarks time ours against."""
+    family = backbone_spec(arch).family
+    if family == "resnet":
+        return getattr(torchvision.models, arch)()
+    raise ValueError(f"--arch {arch}: no reference classifier for the {family} family")
+
+
+def backbone_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of ``arch``'s ``state_dict`` (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        trunk = build_backbone(arch)
+    return {name: tuple(value.shape) for name, value in trunk.state_dict().items()}
