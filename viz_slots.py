@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.datasets import DatasetError, list_images
 from data.images import UnreadableImageError, read_center_crop
+from data.scene_folder import DemoDataError, SceneFolder
 from eval.visualize import (
     Picture,
     assignment_overlay,
@@ -54,8 +55,8 @@ from utils.distributed import parse_device
 from utils.logger import printable
 
 PROG = "viz_slots.py"
-# --dataset -> the image folder below --data-dir; the other choices are data.datasets' training layouts.
-IMAGE_FOLDERS = {"COCOval": "val2017", "demo": "eval/images", "folder": "."}
+# --dataset -> the image folder below --data-dir (demo: the held-out scenes); the rest are the training layouts.
+IMAGE_FOLDERS = {"COCOval": "val2017", "folder": "."}
 DATASETS = ("COCOval", "demo", "folder", "COCO", "COCOplus", "ImageNet")
 SIZE_FLAGS = ("arch", "dim_hidden", "dim_out", "num_prototypes")
 
@@ -151,6 +152,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def list_viz_images(dataset: str, data_dir: str) -> np.ndarray:
+    if dataset == "demo":  # the held-out scenes
+        try:
+            return np.array([str(p) for p in SceneFolder(data_dir, "eval").image_paths])
+        except DemoDataError as e:
+            raise DatasetError(str(e)) from None
     if dataset in IMAGE_FOLDERS:
         return list_images("folder", Path(data_dir) / IMAGE_FOLDERS[dataset])
     return list_images(dataset, data_dir)

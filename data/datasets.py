@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.images import UnreadableImageError, open_image
+from data.scene_folder import DemoDataError, SceneFolder
 from data.transforms import TwoViewCrop
 from utils.logger import printable
 
@@ -48,8 +49,10 @@ def list_images(name: str, data_dir: str | Path) -> np.ndarray:
         files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
         expected = f"image files ({', '.join(IMAGE_EXTENSIONS)}) anywhere below {root}"
     elif name == "demo":
-        files = list((root / "train" / "images").glob("*.png"))
-        expected = f"{root}/train/images/*.png (make it with: python -m data.demo_scenes --out-dir {root})"
+        try:
+            files = SceneFolder(root, "train").image_paths
+        except DemoDataError as e:
+            raise DatasetError(f"--dataset demo --data-dir {root}: {e}") from None
     elif name in LAYOUTS:
         files = [p for pattern in LAYOUTS[name] for p in root.glob(pattern)]
         expected = " and ".join(f"{root}/{pattern}" for pattern in LAYOUTS[name])

@@ -1,4 +1,4 @@
-"""Deterministic multi-object demo scenes built from Fashion-MNIST items, and a reader for them.
+"""Deterministic multi-object demo scenes built from Fashion-MNIST items (``data.scene_folder`` reads them).
 
 Each scene is an RGB canvas with a near-grey background (a low-saturation gradient, coarse texture,
 mild noise) and 2-4 rescaled Fashion-MNIST items that may occlude each other. By default an item's colour
@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data.scene_folder import GENERATOR_NAME, KINDS, DemoDataError, read_meta
+
 FASHION_MNIST_DIR = Path(__file__).resolve().parent / "fashion_mnist"
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
@@ -60,7 +62,6 @@ NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "eval")
 # Bump whenever the rendering changes, so old directories are regenerated instead of reused.
 FORMAT_VERSION = 3
-GENERATOR_NAME = "data.demo_scenes"
 DEFAULT_NUM_TRAIN = 2000
 DEFAULT_NUM_EVAL = 300
 DEFAULT_SIZE = 64
@@ -89,10 +90,6 @@ CLASS_HUE_JITTER = 0.15
 PLACEMENT_TRIES = 20
 _SPLIT_KEYS = {"train": 1, "eval": 2}
 _POOL_KEY = 0
-
-
-class DemoDataError(ValueError):
-    """Missing or malformed demo data; the message is meant to be shown to the user as is."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,20 +460,12 @@ def _render_chunk(state: _RenderState, split: str, start: int, stop: int) -> lis
     return records
 
 
-def _read_meta(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((out_dir / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
 def _is_complete(out_dir: Path, meta: dict[str, Any]) -> bool:
     for split in SPLITS:
         expected = meta["counts"][split]
         if not (out_dir / split / "scenes.json").is_file():
             return False
-        for kind in ("images", "semantic", "instance"):
+        for kind in KINDS:
             if sum(1 for _ in (out_dir / split / kind).glob("*.png")) != expected:
                 return False
     return True
@@ -488,7 +477,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise DemoDataError(f"{out_dir}: exists and is not a directory")
     if not out_dir.exists():
         return
-    meta = _read_meta(out_dir)
+    meta = read_meta(out_dir)
     ours = meta is not None and meta.get("generator") == GENERATOR_NAME
     foreign = [p.name for p in out_dir.iterdir() if p.name not in {*SPLITS, "meta.json"}]
     if foreign or ((out_dir / "meta.json").exists() and not ours):
@@ -497,34 +486,28 @@ def _prepare_out_dir(out_dir: Path) -> None:
     (out_dir / "meta.json").unlink(missing_ok=True)
     for split in SPLITS:
         (out_dir / split / "scenes.json").unlink(missing_ok=True)
-        for kind in ("images", "semantic", "instance"):
+        for kind in KINDS:
             for stale in (out_dir / split / kind).glob("*.png"):
                 stale.unlink()
 
 
 def generate_scenes(
     out_dir: str | Path,
+    config: SceneConfig = SceneConfig(),
     num_train: int = DEFAULT_NUM_TRAIN,
     num_eval: int = DEFAULT_NUM_EVAL,
-    size: int = DEFAULT_SIZE,
     seed: int = 0,
     *,
-    min_items: int = 2,
-    max_items: int = 4,
-    min_item_frac: float = MIN_ITEM_FRAC,
-    max_item_frac: float = MAX_ITEM_FRAC,
     eval_fraction: float = 0.2,
     fashion_root: str | Path | None = None,
     force: bool = False,
     workers: int | None = None,
-    **scene_options: Any,
 ) -> GenerationResult:
-    """Write the demo dataset to ``out_dir`` (see the module docstring for the layout).
+    """Write the demo dataset of scenes drawn as ``config`` says to ``out_dir`` (layout: ``data.scene_folder``).
 
     Does nothing if ``out_dir/meta.json`` records the same parameters and all files are present
     (unless ``force``); otherwise clears the old scenes and regenerates. ``workers`` processes
-    render in parallel (default: one per CPU); the output does not depend on it. ``scene_options`` are
-    further ``SceneConfig`` fields (background, palette, saturations).
+    render in parallel (default: one per CPU); the output does not depend on it.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -532,14 +515,6 @@ def generate_scenes(
         raise ValueError(f"scene counts must be non-negative, got train={num_train} eval={num_eval}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    config = SceneConfig(
-        size=size,
-        min_items=min_items,
-        max_items=max_items,
-        min_item_frac=min_item_frac,
-        max_item_frac=max_item_frac,
-        **scene_options,
-    )
     params: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "seed": seed,
@@ -550,7 +525,7 @@ def generate_scenes(
     }
     params = json.loads(json.dumps(params))  # as meta.json holds them (tuples become lists)
 
-    existing = _read_meta(out_dir)
+    existing = read_meta(out_dir)
     if (
         not force
         and existing is not None
@@ -567,7 +542,7 @@ def generate_scenes(
 
     _prepare_out_dir(out_dir)
     for split in SPLITS:
-        for kind in ("images", "semantic", "instance"):
+        for kind in KINDS:
             (out_dir / split / kind).mkdir(parents=True, exist_ok=True)
     # Each scene has its own generator, so chunking over processes cannot change any output byte.
     tasks = [
@@ -591,7 +566,7 @@ def generate_scenes(
         "version": FORMAT_VERSION,
         "params": params,
         "seed": seed,
-        "size": size,
+        "size": config.size,
         "counts": counts,
         "pool_sizes": {split: len(pool) for split, pool in pools.items()},
         "class_names": list(CLASS_NAMES),
@@ -603,69 +578,6 @@ def generate_scenes(
     # Written last, so its presence means the dataset is complete.
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return GenerationResult(out_dir, meta, True, time.perf_counter() - start)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reader
-# ----------------------------------------------------------------------------------------------
-
-
-def _read_map(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as handle:
-            array = np.asarray(handle)
-    except OSError as exc:
-        raise DemoDataError(f"{path}: cannot read label map ({exc})") from None
-    if array.dtype != np.uint8 or array.ndim != 2:
-        raise DemoDataError(f"{path}: expected a single-channel uint8 map, got {array.dtype} {array.shape}")
-    return array
-
-
-class DemoScenes:
-    """Read a generated split; ``scenes[i]`` is ``(PIL RGB image, semantic, instance)``.
-
-    Both maps are ``[H, W]`` uint8 arrays (encodings in the module docstring).
-
-    ``records[i]`` gives the Fashion-MNIST ``source_indices`` and ``labels`` of instances 1..n.
-    """
-
-    def __init__(self, root: str | Path, split: str = "train") -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root = Path(root)
-        self.split = split
-        hint = f"create it with: python -m data.demo_scenes --out-dir {self.root}"
-        meta = _read_meta(self.root)
-        if meta is None or meta.get("generator") != GENERATOR_NAME:
-            raise DemoDataError(f"no demo dataset at {self.root} (missing or invalid meta.json); {hint}")
-        self.meta = meta
-        self.class_names: list[str] = list(meta["class_names"])
-        split_dir = self.root / split
-        self.image_paths: list[Path] = sorted((split_dir / "images").glob("*.png"))
-        self.semantic_paths = [split_dir / "semantic" / p.name for p in self.image_paths]
-        self.instance_paths = [split_dir / "instance" / p.name for p in self.image_paths]
-        expected = meta["counts"][split]
-        if len(self.image_paths) != expected:
-            raise DemoDataError(
-                f"{split_dir}: expected {expected} images, found {len(self.image_paths)}; "
-                f"regenerate with: python -m data.demo_scenes --out-dir {self.root} --force"
-            )
-        try:
-            self.records: list[dict[str, Any]] = json.loads((split_dir / "scenes.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise DemoDataError(f"{split_dir / 'scenes.json'}: cannot read ({exc}); {hint} --force") from None
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-        path = self.image_paths[index]
-        try:
-            with Image.open(path) as handle:
-                image = handle.convert("RGB")
-        except OSError as exc:
-            raise DemoDataError(f"{path}: cannot read image ({exc})") from None
-        return image, _read_map(self.semantic_paths[index]), _read_map(self.instance_paths[index])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,12 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = generate_scenes(
             args.out_dir,
+            SceneConfig(size=args.size, min_items=args.min_items, max_items=args.max_items),
             num_train=args.num_train,
             num_eval=args.num_eval,
-            size=args.size,
             seed=args.seed,
-            min_items=args.min_items,
-            max_items=args.max_items,
             fashion_root=args.fashion_root,
             force=args.force,
             workers=args.workers,

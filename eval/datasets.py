@@ -19,8 +19,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from data.demo_scenes import DemoScenes
 from data.images import read_label_map, read_rgb, resize_center_crop
+from data.scene_folder import SceneFolder
 
 IGNORE_INDEX = 255
 DATASETS = ("demo", "cocostuff27")
@@ -42,7 +42,7 @@ class DemoSegmentation(Dataset):
     """The demo scenes: 11 classes (0 = background, 1..10 = Fashion-MNIST classes) and instance maps."""
 
     def __init__(self, root: str | Path, split: str, image_size: int) -> None:
-        self.scenes = DemoScenes(root, split)
+        self.scenes = SceneFolder(root, split)
         self.image_size = image_size
         self.class_names = ["background", *self.scenes.class_names]
         self.num_classes = len(self.class_names)

@@ -12,8 +12,6 @@ from PIL import Image
 
 from data.demo_scenes import (
     CLASS_NAMES,
-    DemoDataError,
-    DemoScenes,
     SceneConfig,
     generate_scenes,
     load_fashion_mnist,
@@ -22,8 +20,9 @@ from data.demo_scenes import (
     scene_rng,
     split_source_pools,
 )
+from data.scene_folder import DemoDataError, SceneFolder
 
-SMALL = {"num_train": 12, "num_eval": 6, "size": 64, "workers": 1}
+SMALL = {"config": SceneConfig(size=64), "num_train": 12, "num_eval": 6, "workers": 1}
 
 
 def _all_files(root: Path) -> dict[str, bytes]:
@@ -68,15 +67,15 @@ def test_same_seed_identical_bytes_different_seed_differs(tmp_path: Path, demo_r
 
     other = tmp_path / "other"
     generate_scenes(other, seed=1, **SMALL)
-    first = DemoScenes(demo_root, "train")
-    second = DemoScenes(other, "train")
+    first = SceneFolder(demo_root, "train")
+    second = SceneFolder(other, "train")
     for index in range(len(first)):
         assert not np.array_equal(np.asarray(first[index][0]), np.asarray(second[index][0]))
 
 
 def test_label_maps_are_consistent(demo_root: Path) -> None:
     for split in ("train", "eval"):
-        scenes = DemoScenes(demo_root, split)
+        scenes = SceneFolder(demo_root, split)
         for index in range(len(scenes)):
             _, semantic, instance = scenes[index]
             record = scenes.records[index]
@@ -94,7 +93,7 @@ def test_label_maps_are_consistent(demo_root: Path) -> None:
 def test_instance_class_matches_source_label(demo_root: Path, fashion: tuple[np.ndarray, np.ndarray]) -> None:
     _, labels = fashion
     for split in ("train", "eval"):
-        scenes = DemoScenes(demo_root, split)
+        scenes = SceneFolder(demo_root, split)
         for index in range(len(scenes)):
             _, semantic, instance = scenes[index]
             record = scenes.records[index]
@@ -112,7 +111,7 @@ def test_train_and_eval_use_disjoint_items(demo_root: Path) -> None:
 
     used = {}
     for split in ("train", "eval"):
-        records = DemoScenes(demo_root, split).records
+        records = SceneFolder(demo_root, split).records
         used[split] = {s for record in records for s in record["source_indices"]}
         assert all(len(set(r["source_indices"])) == len(r["source_indices"]) for r in records)
     assert used["train"] and used["eval"]
@@ -125,7 +124,7 @@ def test_files_match_render_scene(demo_root: Path, fashion: tuple[np.ndarray, np
     images, labels = fashion
     train_pool, _ = split_source_pools(len(images), seed=0, eval_fraction=0.2)
     scene = render_scene(scene_rng(0, "train", 3), images, labels, train_pool, SceneConfig(size=64))
-    image, semantic, instance = DemoScenes(demo_root, "train")[3]
+    image, semantic, instance = SceneFolder(demo_root, "train")[3]
     assert np.array_equal(np.asarray(image), scene.image)
     assert np.array_equal(semantic, scene.semantic)
     assert np.array_equal(instance, scene.instance)
@@ -175,7 +174,7 @@ def test_reader_shapes_and_paths(demo_root: Path) -> None:
     assert meta["counts"] == {"train": 12, "eval": 6}
     assert meta["class_names"] == list(CLASS_NAMES)
     for split, count in meta["counts"].items():
-        scenes = DemoScenes(demo_root, split)
+        scenes = SceneFolder(demo_root, split)
         assert len(scenes) == count == len(scenes.records)
         assert scenes.image_paths == sorted(scenes.image_paths)
         image, semantic, instance = scenes[0]
@@ -186,34 +185,34 @@ def test_reader_shapes_and_paths(demo_root: Path) -> None:
 
 def test_reader_missing_root_error(tmp_path: Path) -> None:
     with pytest.raises(DemoDataError, match=r"python -m data\.demo_scenes --out-dir") as info:
-        DemoScenes(tmp_path / "nowhere")
+        SceneFolder(tmp_path / "nowhere")
     assert "\n" not in str(info.value) and "nowhere" in str(info.value)
     with pytest.raises(ValueError, match="split"):
-        DemoScenes(tmp_path, "test")
+        SceneFolder(tmp_path, "test")
 
 
 def test_idempotent_and_regenerates_on_change(tmp_path: Path) -> None:
     root = tmp_path / "scenes"
-    first = generate_scenes(root, num_train=4, num_eval=2, size=48, workers=1)
+    first = generate_scenes(root, SceneConfig(size=48), num_train=4, num_eval=2, workers=1)
     assert first.generated
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
-    second = generate_scenes(root, num_train=4, num_eval=2, size=48, workers=1)
+    second = generate_scenes(root, SceneConfig(size=48), num_train=4, num_eval=2, workers=1)
     assert not second.generated
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == stamps
 
-    third = generate_scenes(root, num_train=2, num_eval=2, size=48, workers=1)
+    third = generate_scenes(root, SceneConfig(size=48), num_train=2, num_eval=2, workers=1)
     assert third.generated
-    assert len(DemoScenes(root, "train")) == 2  # stale scenes from the larger run are gone
+    assert len(SceneFolder(root, "train")) == 2  # stale scenes from the larger run are gone
 
     # A half-deleted dataset is regenerated even though meta.json still matches.
     next(iter((root / "eval" / "images").glob("*.png"))).unlink()
-    assert generate_scenes(root, num_train=2, num_eval=2, size=48, workers=1).generated
+    assert generate_scenes(root, SceneConfig(size=48), num_train=2, num_eval=2, workers=1).generated
 
 
 def test_refuses_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(DemoDataError, match="not a demo-scenes directory"):
-        generate_scenes(tmp_path, num_train=1, num_eval=1, size=48, workers=1)
+        generate_scenes(tmp_path, SceneConfig(size=48), num_train=1, num_eval=1, workers=1)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 

@@ -159,9 +159,9 @@ def test_bad_options_are_refused(field: str, value: object) -> None:
 def test_options_are_recorded_and_reused(tmp_path: Path) -> None:
     root = tmp_path / "scenes"
     options = {"class_colours": False, "palette": 4, "texture_cells": (2, 3), "background_range": (90.0, 150.0)}
-    first = generate_scenes(root, num_train=3, num_eval=2, workers=1, **options)
+    first = generate_scenes(root, SceneConfig(**options), num_train=3, num_eval=2, workers=1)
     assert first.generated
     params = json.loads((root / "meta.json").read_text())["params"]
     assert params["palette"] == 4 and params["texture_cells"] == [2, 3] and params["background_range"] == [90.0, 150.0]
-    assert not generate_scenes(root, num_train=3, num_eval=2, workers=1, **options).generated  # same options
-    assert generate_scenes(root, num_train=3, num_eval=2, workers=1, **{**options, "palette": 5}).generated
+    assert not generate_scenes(root, SceneConfig(**options), num_train=3, num_eval=2, workers=1).generated  # same
+    assert generate_scenes(root, SceneConfig(**{**options, "palette": 5}), num_train=3, num_eval=2, workers=1).generated

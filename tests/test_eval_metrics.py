@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from data.demo_scenes import generate_scenes
+from data.demo_scenes import SceneConfig, generate_scenes
 from eval import knn, linear_probe, report, unsupervised_seg
 from eval.common import build_teacher
 from eval.datasets import (
@@ -279,7 +279,7 @@ def test_cluster_map_matches_teacher_forward() -> None:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("eval_demo") / "scenes"
-    generate_scenes(root, num_train=8, num_eval=4, size=64, seed=0, workers=1)
+    generate_scenes(root, SceneConfig(size=64), num_train=8, num_eval=4, seed=0, workers=1)
     return root
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.demo_scenes import generate_scenes
+from data.demo_scenes import SceneConfig, generate_scenes
 from eval import object_discovery
 from eval.metrics import adjusted_rand_index, best_overlaps
 from eval.object_discovery import image_scores, instance_contingency, score_segments
@@ -124,7 +124,7 @@ def test_absent_instance_ids_and_images_without_objects_are_skipped() -> None:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    generate_scenes(root, num_train=2, num_eval=4, size=64, workers=1)
+    generate_scenes(root, SceneConfig(size=64), num_train=2, num_eval=4, workers=1)
     return root
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.demo_scenes import generate_scenes
+from data.demo_scenes import SceneConfig, generate_scenes
 from tests.pretrain_helpers import TINY, make_images, run
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ def data(tmp_path_factory):
     # First in sort order, so among the pictured images; unreadable, and its name is not valid UTF-8.
     Path(os.fsdecode(os.fsencode(images) + b"/a\xff.jpg")).write_bytes(b"not an image")
     scenes = root / "scenes"
-    generate_scenes(scenes, num_train=2, num_eval=4, size=64, seed=0, workers=1)
+    generate_scenes(scenes, SceneConfig(size=64), num_train=2, num_eval=4, seed=0, workers=1)
     return images, scenes
 
 

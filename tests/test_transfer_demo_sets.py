@@ -58,9 +58,9 @@ def test_instances_have_exact_boxes_areas_classes_and_tight_polygons(tmp_path):
 
 
 def test_generated_demo_scenes_become_consistent_sets(tmp_path):
-    from data.demo_scenes import generate_scenes
+    from data.demo_scenes import SceneConfig, generate_scenes
 
-    generate_scenes(tmp_path / "demo", num_train=6, num_eval=3, size=64, workers=1)
+    generate_scenes(tmp_path / "demo", SceneConfig(size=64), num_train=6, num_eval=3, workers=1)
     sets = demo_sets.write_transfer_sets(tmp_path / "demo", tmp_path / "out", num_train=4)
     train = json.loads(Path(sets["splits"]["train"]["coco_json"]).read_text())
     assert len(train["images"]) == 4 and sets["splits"]["val"]["num_images"] == 3

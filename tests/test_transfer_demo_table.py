@@ -24,9 +24,9 @@ def test_missing_checkpoint_says_to_run_make_demo(tmp_path):
 @pytest.mark.transfer
 def test_table_compares_random_and_pretrained_on_the_demo_sets(tmp_path, capsys):
     pytest.importorskip("mmseg", reason="needs requirements-transfer.txt")
-    from data.demo_scenes import generate_scenes
+    from data.demo_scenes import SceneConfig, generate_scenes
 
-    generate_scenes(tmp_path / "demo", num_train=6, num_eval=3, size=64, workers=1)
+    generate_scenes(tmp_path / "demo", SceneConfig(size=64), num_train=6, num_eval=3, workers=1)
     checkpoint = tmp_path / "current.pth"
     save_slotcon_checkpoint(checkpoint, "resnet18", seed=2)
     out = tmp_path / "table"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.demo_scenes import generate_scenes
+from data.demo_scenes import SceneConfig, generate_scenes
 from eval import unsupervised_seg
 from models import SlotCon
 from models.weights import backbone_state_dict, load_teacher, network_state_dict
@@ -76,7 +76,7 @@ def test_converters_refuse_nonfinite_backbones_with_one_line(checkpoints, conver
 
 def test_an_eval_cli_refuses_nonfinite_weights_with_one_line(checkpoints, tmp_path, capsys):
     scenes = tmp_path / "scenes"
-    generate_scenes(scenes, num_train=2, num_eval=2, size=64, seed=0, workers=1)
+    generate_scenes(scenes, SceneConfig(size=64), num_train=2, num_eval=2, seed=0, workers=1)
     for name in ("nan_backbone", "inf_projector"):
         assert (
             unsupervised_seg.main(

@@ -54,8 +54,8 @@ def one_line_exit(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
 
 def tiny_demo_sets(root: Path, num_train: int = 8, num_eval: int = 4, size: int = 64) -> dict:
     """Demo scenes rendered by data/demo_scenes.py and their transfer sets (transfer/demo_sets.py) under ``root``."""
-    from data.demo_scenes import generate_scenes
+    from data.demo_scenes import SceneConfig, generate_scenes
     from transfer.demo_sets import write_transfer_sets
 
-    generate_scenes(root / "demo", num_train=num_train, num_eval=num_eval, size=size, workers=1)
+    generate_scenes(root / "demo", SceneConfig(size=size), num_train=num_train, num_eval=num_eval, workers=1)
     return write_transfer_sets(root / "demo", root / "sets")

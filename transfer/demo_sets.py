@@ -2,10 +2,9 @@
 
     python -m transfer.demo_sets --demo-dir demo_data --out-dir output/transfer_demo/data --num-train 400 --num-val 100
 
-The demo folder (``python -m data.demo_scenes``) holds, per split, ``images/NAME.png`` with
-``semantic/NAME.png`` (0 = background, k + 1 = class k) and ``instance/NAME.png`` (0 = background,
-1..n = the objects); its ``meta.json`` may list ``class_names``. Only those files are read, so a change in
-how the scenes are drawn changes nothing here. Written to ``--out-dir``:
+The demo folder (``python -m data.demo_scenes``, or any folder in its layout) is read by
+``data.scene_folder.SceneFolder``: per split, images with their semantic and instance maps, and the class names.
+Only those files are read, so a change in how the scenes are drawn changes nothing here. Written to ``--out-dir``:
 
 * ``coco/{train,val}.json``: COCO instances whose ``file_name``s are relative to the split's ``images/``
   folder (nothing is copied). Each instance becomes polygons (outer outlines of its visible parts; an
@@ -24,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from data.images import UnreadableImageError, read_label_map
+from data.scene_folder import DemoDataError, SceneFolder, find_split
 
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("val", "eval", "test")
@@ -34,44 +32,6 @@ VAL_SPLITS = ("val", "eval", "test")
 # centres of the boundary pixels (which loses about 0.5 px all around: mask IoU 0.91 instead of 0.99 at 128 px).
 _TRACE_SCALE = 2
 _MIN_PART_PIXELS = 4
-
-
-class DemoSetError(ValueError):
-    """A demo folder that cannot be turned into transfer sets; the message is meant for the user."""
-
-
-def find_split(demo_dir: Path, candidates: tuple[str, ...]) -> Path:
-    for name in candidates:
-        split = demo_dir / name
-        if all((split / kind).is_dir() for kind in ("images", "semantic", "instance")):
-            return split
-    raise DemoSetError(
-        f"{demo_dir}: no {'/'.join(candidates)} split with images/, semantic/ and instance/ folders; "
-        f"create the demo scenes with: python -m data.demo_scenes --out-dir {demo_dir}"
-    )
-
-
-def read_class_names(demo_dir: Path, splits: list[Path]) -> list[str]:
-    """The demo's object classes (without background): meta.json's ``class_names``, else class_1..class_K."""
-    try:
-        names = json.loads((demo_dir / "meta.json").read_text()).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        names = None
-    if isinstance(names, list) and names:
-        return [str(n) for n in names]
-    largest = max(
-        int(np.asarray(Image.open(p)).max())
-        for split in splits
-        for p in sorted((split / "semantic").glob("*.png"))[:200]
-    )
-    return [f"class_{k}" for k in range(1, largest + 1)]
-
-
-def _read_label_map(path: Path) -> np.ndarray:
-    try:
-        return read_label_map(path)
-    except UnreadableImageError as e:
-        raise DemoSetError(str(e)) from None
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[float]]:
@@ -116,17 +76,20 @@ def instance_annotations(semantic: np.ndarray, instance: np.ndarray) -> list[dic
     return annotations
 
 
-def coco_instances(split: Path, names: list[str], class_names: list[str]) -> dict[str, Any]:
+def coco_instances(scenes: SceneFolder, limit: int | None) -> dict[str, Any]:
+    """The COCO instances of the first ``limit`` scenes (all with None) of a split."""
+    split, class_names = scenes.root / scenes.split, scenes.class_names
     images, annotations = [], []
-    for image_id, name in enumerate(names, start=1):
-        semantic = _read_label_map(split / "semantic" / f"{name}.png")
-        instance = _read_label_map(split / "instance" / f"{name}.png")
+    for index, name in enumerate(scenes.names[:limit]):
+        image_id = index + 1
+        semantic = scenes.read_map(scenes.semantic_paths[index])
+        instance = scenes.read_map(scenes.instance_paths[index])
         if semantic.shape != instance.shape:
-            raise DemoSetError(
+            raise DemoDataError(
                 f"{split}/{{semantic,instance}}/{name}.png: shapes {semantic.shape} and {instance.shape} differ"
             )
         if semantic.max() > len(class_names):
-            raise DemoSetError(
+            raise DemoDataError(
                 f"{split}/semantic/{name}.png: label {semantic.max()} but only {len(class_names)} classes"
             )
         height, width = semantic.shape
@@ -142,27 +105,16 @@ def coco_instances(split: Path, names: list[str], class_names: list[str]) -> dic
     }
 
 
-def scene_names(split: Path, limit: int | None) -> list[str]:
-    names = sorted(p.stem for p in (split / "images").glob("*.png"))
-    missing = [
-        n
-        for n in names
-        if not (split / "semantic" / f"{n}.png").is_file() or not (split / "instance" / f"{n}.png").is_file()
-    ]
-    if missing:
-        raise DemoSetError(f"{split}: {len(missing)} images without semantic/instance maps (e.g. {missing[0]})")
-    if not names:
-        raise DemoSetError(f"{split}/images: no .png scenes")
-    return names if limit is None else names[:limit]
-
-
 def write_transfer_sets(
     demo_dir: str | Path, out_dir: str | Path, num_train: int | None = None, num_val: int | None = None
 ) -> dict[str, Any]:
     """Write the COCO and mmseg sets (first ``num_train`` / ``num_val`` scenes by name); return ``sets.json``."""
     demo_dir, out_dir = Path(demo_dir), Path(out_dir)
-    splits = {"train": find_split(demo_dir, TRAIN_SPLITS), "val": find_split(demo_dir, VAL_SPLITS)}
-    class_names = read_class_names(demo_dir, list(splits.values()))
+    splits = {
+        name: SceneFolder(demo_dir, find_split(demo_dir, candidates))
+        for name, candidates in (("train", TRAIN_SPLITS), ("val", VAL_SPLITS))
+    }
+    class_names = splits["train"].class_names
     (out_dir / "coco").mkdir(parents=True, exist_ok=True)
     (out_dir / "seg").mkdir(parents=True, exist_ok=True)
     sets: dict[str, Any] = {
@@ -172,9 +124,9 @@ def write_transfer_sets(
         "splits": {},
     }
     for split_name, limit in (("train", num_train), ("val", num_val)):
-        split = splits[split_name]
-        names = scene_names(split, limit)
-        coco = coco_instances(split, names, class_names)
+        scenes = splits[split_name]
+        split, names = scenes.root / scenes.split, scenes.names[:limit]
+        coco = coco_instances(scenes, limit)
         json_file = out_dir / "coco" / f"{split_name}.json"
         json_file.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
         (out_dir / "seg" / f"{split_name}.txt").write_text("\n".join(names) + "\n")
@@ -200,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         sets = write_transfer_sets(args.demo_dir, args.out_dir, args.num_train, args.num_val)
-    except DemoSetError as e:
+    except DemoDataError as e:
         raise SystemExit(str(e)) from None
     for name, split in sets["splits"].items():
         print(f"{name}: {split['num_images']} images, {split['num_instances']} instances -> {split['coco_json']}")

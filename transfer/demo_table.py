@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from data.scene_folder import DemoDataError
 from transfer.backbone import load_resnet_backbone
-from transfer.demo_sets import DemoSetError, write_transfer_sets
+from transfer.demo_sets import write_transfer_sets
 from transfer.detection import convert_pretrain_to_d2
 from transfer.segmentation import convert_pretrain_to_mm
 from utils.checkpoint import load_checkpoint
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out_dir)
     try:
         sets = write_transfer_sets(args.demo_dir, out / "data", args.num_train, args.num_val)
-    except DemoSetError as e:
+    except DemoDataError as e:
         raise SystemExit(f"{e} (or run `make demo`)") from None
     train, val = sets["splits"]["train"], sets["splits"]["val"]
     print(
