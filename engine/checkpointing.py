@@ -40,7 +40,7 @@ class Saver:
         info: DistInfo,
         trainer: Trainer,
         iters_per_epoch: int,
-        logger,
+        logger: logging.Logger,
         resumed_from: Path | None,
     ) -> None:
         self.args, self.info, self.trainer, self.logger = args, info, trainer, logger
@@ -48,7 +48,7 @@ class Saver:
         self.output = Path(args.output_dir)
         self.current = self.output / "current.pth"
         self.last_save = time.time()
-        # The newest checkpoint known to be whole and finite: the one resumed from (checked by restore), then ours.
+        # The newest checkpoint known to be whole and finite: the one resumed from (checked by resume_from_checkpoint), then ours.
         self.last_good = None if resumed_from is None else f"{resumed_from} (the checkpoint this run resumed from)"
 
     def due(self) -> bool:

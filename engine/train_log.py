@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,13 +18,22 @@ from engine.checkpointing import stop_on_io_error
 from engine.trainer import Trainer
 from utils.distributed import DistInfo
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 
 class TrainLog:
     """Running means of the losses, written every ``--print-freq`` steps and at epoch ends to the log,
     ``metrics.jsonl`` (rank 0) and TensorBoard (when on)."""
 
     def __init__(
-        self, args: argparse.Namespace, info: DistInfo, trainer: Trainer, iters_per_epoch: int, logger, writer
+        self,
+        args: argparse.Namespace,
+        info: DistInfo,
+        trainer: Trainer,
+        iters_per_epoch: int,
+        logger: logging.Logger,
+        writer: SummaryWriter | None,
     ) -> None:
         self.logger, self.writer, self.trainer = logger, writer, trainer
         self.batch_size, self.epochs, self.print_freq = args.batch_size, args.epochs, args.print_freq
@@ -89,7 +100,8 @@ class TrainLog:
         self._reset()
 
 
-def make_writer(args, info: DistInfo):
+def make_writer(args: argparse.Namespace, info: DistInfo) -> SummaryWriter | None:
+    """Rank 0's TensorBoard writer in ``OUTPUT_DIR/tensorboard`` (None with ``--no-tensorboard`` or on other ranks)."""
     if not (args.tensorboard and info.is_main):
         return None
     from torch.utils.tensorboard import SummaryWriter
