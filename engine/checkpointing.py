@@ -48,7 +48,8 @@ class Saver:
         self.output = Path(args.output_dir)
         self.current = self.output / "current.pth"
         self.last_save = time.time()
-        # The newest checkpoint known to be whole and finite: the one resumed from (checked by resume_from_checkpoint), then ours.
+        # The newest checkpoint known to be whole and finite: the one resumed from (resume_from_checkpoint checked
+        # it), then ours.
         self.last_good = None if resumed_from is None else f"{resumed_from} (the checkpoint this run resumed from)"
 
     def due(self) -> bool:
