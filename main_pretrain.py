@@ -31,7 +31,7 @@ from engine.checkpointing import Saver, resume_from_checkpoint
 from engine.train_log import TrainLog, make_writer
 from engine.trainer import StepCounts, StepResult, Trainer, build_trainer, fill_device_defaults, scaled_lr
 from eval.monitor import Monitor
-from models.backbones import ARCHS, resolve_output_stride
+from models.backbones import ARCHS, backbone_spec, resolve_output_stride
 from utils.distributed import init_distributed, parse_device, process_group_active
 from utils.logger import setup_logger
 from utils.run_lock import RunLockError, hold_output_dir
@@ -71,10 +71,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=512, help="total batch over all processes")
     g.add_argument("--base-lr", type=float, default=1.0, help="lr for a total batch of 256 (scaled linearly)")
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"])
+    g.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "lars", "adamw"],
+        help="lars: the ResNet recipes; adamw: the ViT recipes (no weight decay on norms and biases, as DINO)",
+    )
     g.add_argument("--warmup-epoch", type=int, default=5)
     g.add_argument("--warmup-multiplier", type=int, default=100, help="warm-up starts at lr / this")
     g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument(
+        "--weight-decay-end",
+        type=float,
+        default=None,
+        help="cosine schedule of the weight decay from --weight-decay to this (default: constant)",
+    )
+    g.add_argument(
+        "--clip-grad", type=float, default=0.0, help="clip the gradients' global norm to this (0: no clipping)"
+    )
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth of the student's ViT blocks")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument(
         "--fp16",
@@ -173,7 +188,13 @@ FLAG_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     ),
     (("num_workers", "warmup_epoch", "keep_last", "tb_image_freq", "eval_freq"), lambda v: v >= 0, "an integer >= 0"),
     (("base_lr", "teacher_temp", "student_temp"), lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    (("weight_decay", "save_every_minutes"), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    (
+        ("weight_decay", "save_every_minutes", "clip_grad"),
+        lambda v: math.isfinite(v) and v >= 0,
+        "a finite number >= 0",
+    ),
+    (("weight_decay_end",), lambda v: v is None or (math.isfinite(v) and v >= 0), "a finite number >= 0"),
+    (("drop_path",), lambda v: 0 <= v < 1, "in [0, 1)"),
     (
         ("teacher_momentum", "center_momentum", "momentum", "group_loss_weight", "max_bad_image_fraction"),
         lambda v: 0 <= v <= 1,
@@ -194,6 +215,8 @@ def flag_problems(args: argparse.Namespace, world_size: int) -> list[str]:
     ]
     if args.batch_size >= 1 and args.batch_size % world_size:
         problems.append(f"--batch-size {args.batch_size} is not divisible by the {world_size} processes")
+    if args.drop_path and not backbone_spec(args.arch).drop_path:
+        problems.append(f"--drop-path {args.drop_path}: --arch {args.arch} has no stochastic depth")
     try:
         stride = resolve_output_stride(args.arch, args.output_stride)
         if args.image_size % stride or args.image_size < 32:

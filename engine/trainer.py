@@ -19,7 +19,7 @@ from models import SlotCon
 from models.norm import convert_to_sync_batchnorm
 from utils.distributed import DistInfo, sum_over_ranks
 from utils.lars import LARS
-from utils.schedules import teacher_momentum, warmup_cosine_lr
+from utils.schedules import cosine_schedule, teacher_momentum, warmup_cosine_lr
 
 
 def fill_device_defaults(args: argparse.Namespace, info: DistInfo) -> None:
@@ -48,6 +48,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
         group_loss_weight=args.group_loss_weight,
         pack_slot_queries=args.pack_slot_queries,
         output_stride=args.output_stride,
+        drop_path_rate=args.drop_path,
     ).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -66,11 +67,8 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
             slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, broadcast_buffers=False
         )
     lr = scaled_lr(args)
-    params = [p for p in slotcon.parameters() if p.requires_grad]
-    if args.optimizer == "lars":
-        optimizer = LARS(params, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum)
-    else:
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(args, slotcon, lr)
+    total = args.epochs * iters_per_epoch
     amp_dtype = (torch.float16 if args.amp_dtype == "float16" else torch.bfloat16) if args.fp16 else None
     return Trainer(
         model,
@@ -78,9 +76,34 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
         optimizer,
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
         lr_schedule=warmup_cosine_lr(lr, args.epochs, iters_per_epoch, args.warmup_epoch, args.warmup_multiplier),
-        momentum_schedule=teacher_momentum(args.teacher_momentum, args.epochs * iters_per_epoch),
+        momentum_schedule=teacher_momentum(args.teacher_momentum, total),
         amp_dtype=amp_dtype,
+        weight_decay_schedule=(
+            None if args.weight_decay_end is None else cosine_schedule(args.weight_decay, args.weight_decay_end, total)
+        ),
+        clip_grad=args.clip_grad,
     )
+
+
+def build_optimizer(args: argparse.Namespace, slotcon: SlotCon, lr: float) -> torch.optim.Optimizer:
+    """``--optimizer``: LARS (the ResNet recipes: no decay or adaptation of 1-D tensors, inside LARS), SGD, or
+    AdamW with DINO's two groups: weight decay on weights, none on biases and 1-D tensors (norms).
+
+    A group with ``apply_weight_decay`` False keeps a weight decay of 0 under ``--weight-decay-end``'s schedule.
+    """
+    params = [p for p in slotcon.parameters() if p.requires_grad]
+    if args.optimizer == "lars":
+        return LARS(params, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    named = [(n, p) for n, p in slotcon.named_parameters() if p.requires_grad]
+    decayed = [p for n, p in named if p.ndim > 1 and not n.endswith(".bias")]
+    plain = [p for n, p in named if not (p.ndim > 1 and not n.endswith(".bias"))]
+    groups = [
+        {"params": decayed, "weight_decay": args.weight_decay, "apply_weight_decay": True},
+        {"params": plain, "weight_decay": 0.0, "apply_weight_decay": False},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 class StepSnapshot:
@@ -191,14 +214,17 @@ class Trainer:
         lr_schedule: np.ndarray,
         momentum_schedule: np.ndarray,
         amp_dtype: torch.dtype | None,
+        weight_decay_schedule: np.ndarray | None = None,
+        clip_grad: float = 0.0,
     ) -> None:
         self.model = model  # what runs the forward pass: the DDP wrapper under torchrun
         self.slotcon = slotcon  # the bare model: teacher, centre, state_dict
         self.optimizer, self.scaler = optimizer, scaler
         self.lr_schedule, self.momentum_schedule = lr_schedule, momentum_schedule
         self.amp_dtype = amp_dtype
+        self.weight_decay_schedule, self.clip_grad = weight_decay_schedule, clip_grad
         self.device = slotcon.center.device
-        self.snapshot = StepSnapshot(slotcon, optimizer)
+        self.snapshot = StepSnapshot(slotcon, optimizer)  # also the list of trained parameters
 
     def step(
         self,
@@ -214,9 +240,11 @@ class Trainer:
         statistic, is not finite is undone (everything as before it; the teacher is not averaged). The finite
         flags and ``counts`` travel in one all-reduce, read with the step's one host sync.
         """
-        lr = float(self.lr_schedule[iteration])  # a Python float: a numpy one would not load with weights_only
+        lr = float(self.lr_schedule[iteration])  # Python floats: numpy ones would not load with weights_only
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if self.weight_decay_schedule is not None and group.get("apply_weight_decay", True):
+                group["weight_decay"] = float(self.weight_decay_schedule[iteration])
         self.snapshot.take()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
@@ -225,7 +253,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)  # LARS' trust ratio needs the true gradient norm
+            self.scaler.unscale_(self.optimizer)  # LARS' trust ratio and the clipping need the true gradients
+        if self.clip_grad > 0:  # the global norm, on the device: no host sync
+            torch.nn.utils.clip_grad_norm_(self.snapshot.params, self.clip_grad, foreach=True)
         self.scaler.step(self.optimizer)  # with fp16, skipped by the scaler itself on overflowing gradients
         self.scaler.update()
 

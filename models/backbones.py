@@ -36,14 +36,17 @@ class BackboneSpec:
     family: str
     output_strides: tuple[int, ...]
     weight_names: str
+    drop_path: bool = False  # whether its blocks take stochastic depth (``--drop-path``)
 
     @property
     def default_output_stride(self) -> int:
         return self.output_strides[0]
 
 
-# family -> builder(arch, output_stride) of a randomly initialised trunk
-_BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {"resnet": resnet.build_resnet}
+# family -> builder(arch, output_stride, drop_path_rate) of a randomly initialised trunk
+_BUILDERS: dict[str, Callable[[str, int, float], nn.Module]] = {
+    "resnet": lambda arch, stride, drop_path_rate: resnet.build_resnet(arch, stride),
+}
 SPECS: dict[str, BackboneSpec] = {
     arch: BackboneSpec(arch, "resnet", resnet.OUTPUT_STRIDES, "torchvision") for arch in resnet.RESNET_ARCHS
 }
@@ -69,10 +72,13 @@ def resolve_output_stride(arch: str, output_stride: int | None = None) -> int:
     return output_stride
 
 
-def build_backbone(arch: str, output_stride: int | None = None) -> nn.Module:
-    """A randomly initialised trunk of ``arch`` whose dense map has ``output_stride`` (default: the arch's)."""
-    stride = resolve_output_stride(arch, output_stride)
-    return _BUILDERS[backbone_spec(arch).family](arch, stride)
+def build_backbone(arch: str, output_stride: int | None = None, drop_path_rate: float = 0.0) -> nn.Module:
+    """A randomly initialised trunk of ``arch`` whose dense map has ``output_stride`` (default: the arch's), with
+    stochastic depth ``drop_path_rate`` where the family has it."""
+    spec = backbone_spec(arch)
+    if drop_path_rate and not spec.drop_path:
+        raise ValueError(f"--drop-path {drop_path_rate}: --arch {arch} has no stochastic depth")
+    return _BUILDERS[spec.family](arch, resolve_output_stride(arch, output_stride), drop_path_rate)
 
 
 def build_reference_classifier(arch: str) -> nn.Module:

@@ -49,6 +49,7 @@ class SlotCon(nn.Module):
         group_loss_weight: float = 0.5,
         pack_slot_queries: bool = False,
         output_stride: int | None = None,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
@@ -58,7 +59,8 @@ class SlotCon(nn.Module):
         self.pack_slot_queries = pack_slot_queries  # see slot_contrastive_loss: same loss, one host sync
         self.register_buffer("center", torch.zeros(1, num_prototypes))
 
-        self.encoder_q = build_backbone(arch, output_stride)
+        # Stochastic depth in the student only (as DINO): the teacher averages it and sees whole networks.
+        self.encoder_q = build_backbone(arch, output_stride, drop_path_rate)
         self.encoder_k = build_backbone(arch, output_stride)
         channels = self.encoder_q.num_channels
         self.projector_q = MLPHead(channels, dim_hidden, dim_out, per_pixel=True)

@@ -42,3 +42,10 @@ def teacher_momentum(base_momentum: float, total_iters: int) -> np.ndarray:
     """
     k = np.arange(total_iters, dtype=np.float64)
     return 1 - (1 - base_momentum) * (np.cos(np.pi * k / max(total_iters - 1, 1)) + 1) / 2
+
+
+def cosine_schedule(start: float, end: float, total_iters: int) -> np.ndarray:
+    """``start`` to ``end`` over ``total_iters`` iterations along a half cosine: v(k) = end + (start - end)
+    (1 + cos(pi k / K)) / 2, K = total_iters - 1, so v(0) = start and v(K) = end (DINO's weight-decay schedule)."""
+    k = np.arange(total_iters, dtype=np.float64)
+    return end + (start - end) * (1 + np.cos(np.pi * k / max(total_iters - 1, 1))) / 2
