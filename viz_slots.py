@@ -133,7 +133,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name) < 0:
             raise SystemExit(f"{PROG}: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.image_size < 32:
-        raise SystemExit(f"{PROG}: --image-size must be at least 32 (the backbone's stride), got {args.image_size}")
+        raise SystemExit(f"{PROG}: --image-size must be at least 32, got {args.image_size}")
     if args.resize is not None and args.resize < args.image_size:
         raise SystemExit(f"{PROG}: --resize {args.resize} is smaller than --image-size {args.image_size}")
     if not 0 <= args.alpha <= 1:
@@ -376,8 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     given = {name: getattr(args, name) for name in SIZE_FLAGS if getattr(args, name) is not None}
     try:
         teacher = load_teacher(args.model_path, student=args.student, expected=given).to(device).eval()
+        teacher.encoder_k.check_input_size(args.image_size, args.image_size)
         paths = list_viz_images(args.dataset, args.data_dir)
-    except (CheckpointError, DatasetError) as e:
+    except (CheckpointError, DatasetError, ValueError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     if args.max_images:
         paths = paths[: args.max_images]

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.photometric import normalize_uint8
-from eval.datasets import DATASETS, build_dataset
+from eval.datasets import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher, teacher_config
 from utils.checkpoint import load_checkpoint
@@ -44,7 +44,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dim_out": 256,
     "num_prototypes": 256,
     "teacher_temp": 0.07,
-    "output_stride": 32,
+    "output_stride": None,  # the arch's own (models.backbones)
 }
 
 
@@ -213,7 +213,7 @@ def check_args(args: argparse.Namespace) -> None:
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.image_size is not None and args.image_size < 32:
-        raise ValueError(f"--image-size must be at least 32 (the backbone's stride), got {args.image_size}")
+        raise ValueError(f"--image-size must be at least 32, got {args.image_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
 
@@ -311,6 +311,8 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
         for checkpoint, name in zip(checkpoints, names, strict=True):
             start = time.perf_counter()
             model = build_teacher(checkpoint, config, args.seed, device, args.student)
+            size = args.image_size or DEFAULT_IMAGE_SIZE[args.dataset]
+            model.encoder_k.check_input_size(size, size)  # before any pass over the data
             result = evaluation.evaluate(args, model, device)
             result.update(
                 checkpoint=checkpoint,

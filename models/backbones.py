@@ -1,11 +1,14 @@
-"""One factory for every backbone family: ``--arch`` names a trunk that turns images into a dense feature map.
+"""One factory for every backbone family (ResNets on torchvision, ViTs on timm): ``--arch`` names a trunk that
+turns images into a dense feature map.
 
 A trunk is an ``nn.Module`` whose ``forward`` maps images [B, 3, H, W] to a dense map [B, C, H/s, W/s] (the map
-SlotCon groups) and that carries ``num_channels`` (C) and ``output_stride`` (s). Everything in the project that
-depends on the architecture asks this module and nothing else: training's flags, SlotCon's heads, the
-evaluations and pictures, the checkpoint readers, the converters and the benchmarks. ``backbone_spec(arch)``
-says what an arch is before anything is built; ``build_backbone`` builds it; ``backbone_shapes`` gives its
-parameter names and shapes without building weights.
+SlotCon groups), that carries ``num_channels`` (C) and ``output_stride`` (s), and whose
+``check_input_size(height, width)`` raises a one-line ``ValueError`` for an input it cannot take (a ViT needs
+sides that are multiples of its patch). Everything in the project that depends on the architecture asks this
+module and nothing else: training's flags, SlotCon's heads, the evaluations and pictures, the checkpoint
+readers, the converters and the benchmarks. ``backbone_spec(arch)`` says what an arch is before anything is
+built; ``build_backbone`` builds it; ``backbone_shapes`` gives its parameter names and shapes without building
+weights.
 
 A new family adds its own module (the trunk), its ``BackboneSpec`` entries and builder here, and its names in the
 converters' maps (``transfer/``); nothing else changes.
@@ -16,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import timm
 import torch
 import torchvision
 from torch import nn
 
-from models import resnet
+from models import resnet, vit
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,9 @@ class BackboneSpec:
     """What one ``--arch`` is, known before building it.
 
     ``output_strides``: the strides of the dense map it can give, the default first (ResNets dilate their last
-    stages for 16 and 8). ``weight_names``: whose parameter names the trunk's ``state_dict`` carries, the names
-    the converters map from and an export writes ("torchvision" for ResNets).
+    stages for 16 and 8; a ViT's is its patch size). ``weight_names``: whose parameter names the trunk's
+    ``state_dict`` carries, the names the converters map from and an export writes ("torchvision" for ResNets,
+    "timm" for ViTs).
     """
 
     arch: str
@@ -46,9 +51,15 @@ class BackboneSpec:
 # family -> builder(arch, output_stride, drop_path_rate) of a randomly initialised trunk
 _BUILDERS: dict[str, Callable[[str, int, float], nn.Module]] = {
     "resnet": lambda arch, stride, drop_path_rate: resnet.build_resnet(arch, stride),
+    "vit": lambda arch, stride, drop_path_rate: vit.build_vit(arch, drop_path_rate),
 }
 SPECS: dict[str, BackboneSpec] = {
-    arch: BackboneSpec(arch, "resnet", resnet.OUTPUT_STRIDES, "torchvision") for arch in resnet.RESNET_ARCHS
+    **{arch: BackboneSpec(arch, "resnet", resnet.OUTPUT_STRIDES, "torchvision") for arch in resnet.RESNET_ARCHS},
+    # A ViT's map has the stride of its patches.
+    **{
+        arch: BackboneSpec(arch, "vit", (vit.vit_spec(arch)["patch_size"],), "timm", drop_path=True)
+        for arch in vit.VIT_ARCHS
+    },
 }
 ARCHS = tuple(SPECS)
 
@@ -82,12 +93,17 @@ def build_backbone(arch: str, output_stride: int | None = None, drop_path_rate: 
 
 
 def build_reference_classifier(arch: str) -> nn.Module:
-    """The library's own supervised classifier of ``arch`` (torchvision's ResNet with its fc layer), randomly
-    initialised: the plain step the benchmarks time ours against."""
+    """The library's own supervised classifier of ``arch`` (torchvision's ResNet with its fc layer, timm's ViT
+    with its 1000-class head), randomly initialised: the plain step the benchmarks time ours against."""
     family = backbone_spec(arch).family
     if family == "resnet":
         return getattr(torchvision.models, arch)()
-    raise ValueError(f"--arch {arch}: no reference classifier for the {family} family")
+    trunk_kwargs = vit.ViTTrunk(arch).timm_kwargs if family == "vit" else {}
+    return timm.create_model(
+        vit.vit_spec(arch)["timm_name"],
+        pretrained=False,
+        **{**trunk_kwargs, "num_classes": 1000, "dynamic_img_size": False},
+    )
 
 
 def backbone_shapes(arch: str) -> dict[str, tuple[int, ...]]:

@@ -67,6 +67,9 @@ class ResNetTrunk(ResNet):
         # Read the width off the built network rather than a table of names.
         self.num_channels: int = [m for m in self.layer4.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Any size works (the map rounds up); the trunk protocol of ``models.backbones`` asks every trunk."""
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
