@@ -1,4 +1,6 @@
-"""The pretrained ResNet inside a SlotCon checkpoint, checked and ready for a transfer converter.
+"""The ResNet side of the converters: the pretrained ResNet inside a SlotCon checkpoint, checked and ready for a
+transfer format, and its names in detectron2 (``transfer/vit_weights.py`` is the ViT side; ``transfer/export.py``
+writes both).
 
 Both converters (detectron2 and mmsegmentation) and the torchvision Mask R-CNN helper start here: load the
 checkpoint safely, take the teacher (``encoder_k``, what SlotCon transfers) or the student (``encoder_q``),
@@ -12,6 +14,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -84,14 +87,16 @@ def check_resnet(state: dict[str, Tensor], depth: int) -> None:
         )
 
 
-def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tuple[dict[str, Tensor], int]:
+def load_resnet_backbone(
+    path: str | os.PathLike, student: bool = False, checkpoint: dict[str, Any] | None = None
+) -> tuple[dict[str, Tensor], int]:
     """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth.
 
-    Raises ``SystemExit`` with a one-line message naming ``path`` for anything that is not a full SlotCon
-    checkpoint of a plain ResNet (ours or an official one).
+    ``checkpoint``: the file's contents when the caller has already read it. Raises ``SystemExit`` with a one-line
+    message naming ``path`` for anything that is not a full SlotCon checkpoint of a plain ResNet (ours or official).
     """
     try:
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
         state = backbone_state_dict(checkpoint, student=student)
     except CheckpointError as e:
         message = str(e)
@@ -106,6 +111,15 @@ def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tupl
     if arch is not None and arch != f"resnet{depth}":
         raise SystemExit(f"{path}: args say arch={arch!r} but the weights are a ResNet-{depth}")
     return state, depth
+
+
+def to_detectron2_name(name: str) -> str:
+    """torchvision ResNet name -> detectron2 ResNet name (``layer1.0.bn3.weight`` -> ``res2.0.conv3.norm.weight``)."""
+    if not name.startswith("layer"):
+        name = "stem." + name
+    name = re.sub(r"^layer(\d)", lambda m: f"res{int(m.group(1)) + 1}", name)
+    name = re.sub(r"\bbn(\d)\b", r"conv\1.norm", name)
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
