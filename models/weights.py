@@ -5,11 +5,12 @@ configuration, and a ready ``SlotConTeacher``. Reading the file itself is ``util
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from models.backbones import resolve_output_stride
+from models.backbones import build_backbone, resolve_output_stride
 from models.slotcon import TEACHER_PREFIXES, SlotConTeacher
 from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, nonfinite_tensors
 
@@ -115,3 +116,51 @@ def load_teacher(
     except (CheckpointError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
     return teacher
+
+
+def load_backbone(path: str | os.PathLike, student: bool = False, arch: str | None = None) -> nn.Module:
+    """The backbone alone, ready for dense features (eval mode), from a SlotCon checkpoint (ours or official: the
+    teacher, or the student) or a ``python -m transfer.export --to safetensors`` file (its metadata names the arch).
+
+    Built by the factory at the checkpoint's output stride and loaded strictly; ``arch``: the one the caller
+    expects. Every error is one ``CheckpointError`` line that starts with ``path``.
+    """
+    expected = arch
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state, arch, stride = _read_safetensors(path)
+        else:
+            checkpoint = load_checkpoint(path)
+            args = checkpoint.get("args") or {}
+            if "arch" not in args:
+                raise CheckpointError("checkpoint has no args['arch']; cannot tell which backbone it holds")
+            arch, stride = args["arch"], args.get("output_stride")
+            state = backbone_state_dict(checkpoint, student)
+        if expected is not None and arch != expected:
+            raise CheckpointError(f"it holds a {arch} backbone, not a {expected}")
+        trunk = build_backbone(arch, resolve_output_stride(arch, stride))
+        check_finite(state, "backbone")
+        trunk.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (CheckpointError, RuntimeError, ValueError) as e:
+        message = str(e).splitlines()[0]
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    return trunk.eval()
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], str, int | None]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"not a readable safetensors file ({e})") from None
+    if "arch" not in metadata:
+        raise CheckpointError("its metadata names no arch: export it with python -m transfer.export --to safetensors")
+    stride = metadata.get("output_stride")
+    return state, metadata["arch"], None if stride is None else int(stride)

@@ -203,7 +203,13 @@ def export(
     if fmt == "safetensors":
         from safetensors.torch import save
 
-        metadata = {"format": "slotcon-backbone", "arch": arch, "names": backbone_spec(arch).weight_names}
+        stride = (checkpoint.get("args") or {}).get("output_stride") or backbone_spec(arch).default_output_stride
+        metadata = {
+            "format": "slotcon-backbone",
+            "arch": arch,
+            "output_stride": str(stride),
+            "names": backbone_spec(arch).weight_names,
+        }
         _write(out, lambda f: f.write(save(converted, metadata=metadata)))
         count = len(converted)
     elif fmt == "mmseg":
