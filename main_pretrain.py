@@ -32,6 +32,7 @@ from engine.train_log import TrainLog, make_writer
 from engine.trainer import StepCounts, StepResult, Trainer, build_trainer, fill_device_defaults, scaled_lr
 from eval.monitor import Monitor
 from models.backbones import ARCHS, backbone_spec, resolve_output_stride
+from models.heads import HEAD_NORMS
 from utils.distributed import init_distributed, parse_device, process_group_active
 from utils.logger import setup_logger
 from utils.run_lock import RunLockError, hold_output_dir
@@ -58,6 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="stride of the dense map (default: the arch's; ResNets: 32, or 16 / 8 dilating the last stages, same "
         "weights, 2x or 4x finer maps)",
+    )
+    g.add_argument(
+        "--head-norm",
+        default=None,
+        choices=HEAD_NORMS,
+        help="the heads' hidden blocks: bn (Linear-BN-GELU, the reference) or none (Linear-GELU); default: the "
+        "arch's (bn for ResNets, none for ViTs, as DINO and SlotMIM)",
     )
     g.add_argument("--dim-hidden", type=int, default=4096)
     g.add_argument("--dim-out", type=int, default=256)
@@ -245,6 +253,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
     if problems:
         raise SystemExit("\n".join(problems))
     args.output_stride = resolve_output_stride(args.arch, args.output_stride)  # recorded: eval and viz read it
+    args.head_norm = args.head_norm or backbone_spec(args.arch).head_norm
     output = Path(args.output_dir)
     try:
         output.mkdir(parents=True, exist_ok=True)

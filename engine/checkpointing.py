@@ -129,7 +129,7 @@ def resume_from_checkpoint(
         raise SystemExit(f"cannot resume: {e}") from None
     try:
         saved = checkpoint.get("args", {})
-        for key in ("arch", "dim_hidden", "dim_out", "num_prototypes", "output_stride"):
+        for key in ("arch", "dim_hidden", "dim_out", "num_prototypes", "output_stride", "head_norm"):
             if key in saved and saved[key] != getattr(args, key):
                 raise CheckpointError(
                     f"it was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}"

@@ -49,6 +49,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
         pack_slot_queries=args.pack_slot_queries,
         output_stride=args.output_stride,
         drop_path_rate=args.drop_path,
+        head_norm=args.head_norm,
     ).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -82,6 +83,8 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
             None if args.weight_decay_end is None else cosine_schedule(args.weight_decay, args.weight_decay_end, total)
         ),
         clip_grad=args.clip_grad,
+        seed=0 if args.seed is None else args.seed,
+        rank=info.rank,
     )
 
 
@@ -216,6 +219,8 @@ class Trainer:
         amp_dtype: torch.dtype | None,
         weight_decay_schedule: np.ndarray | None = None,
         clip_grad: float = 0.0,
+        seed: int = 0,
+        rank: int = 0,
     ) -> None:
         self.model = model  # what runs the forward pass: the DDP wrapper under torchrun
         self.slotcon = slotcon  # the bare model: teacher, centre, state_dict
@@ -223,6 +228,7 @@ class Trainer:
         self.lr_schedule, self.momentum_schedule = lr_schedule, momentum_schedule
         self.amp_dtype = amp_dtype
         self.weight_decay_schedule, self.clip_grad = weight_decay_schedule, clip_grad
+        self.seed, self.rank = seed, rank
         self.device = slotcon.center.device
         self.snapshot = StepSnapshot(slotcon, optimizer)  # also the list of trained parameters
 
@@ -246,6 +252,9 @@ class Trainer:
             if self.weight_decay_schedule is not None and group.get("apply_weight_decay", True):
                 group["weight_decay"] = float(self.weight_decay_schedule[iteration])
         self.snapshot.take()
+        # What the step draws from torch's generator (a ViT's stochastic depth) is a function of the iteration, so a
+        # resumed run draws what an uninterrupted one would; each rank draws its own.
+        torch.manual_seed(int(np.random.SeedSequence([self.seed, self.rank, iteration]).generate_state(1)[0]))
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
             losses = self.model(crops, boxes, flipped)

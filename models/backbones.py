@@ -42,6 +42,9 @@ class BackboneSpec:
     output_strides: tuple[int, ...]
     weight_names: str
     drop_path: bool = False  # whether its blocks take stochastic depth (``--drop-path``)
+    # SlotCon's heads on this trunk: "bn" (the reference's BatchNorm MLPs, for ResNets) or "none" (plain MLPs, as
+    # DINO's and SlotMIM's heads on ViTs: a LayerNorm network trained without any batch statistics).
+    head_norm: str = "bn"
 
     @property
     def default_output_stride(self) -> int:
@@ -57,7 +60,7 @@ SPECS: dict[str, BackboneSpec] = {
     **{arch: BackboneSpec(arch, "resnet", resnet.OUTPUT_STRIDES, "torchvision") for arch in resnet.RESNET_ARCHS},
     # A ViT's map has the stride of its patches.
     **{
-        arch: BackboneSpec(arch, "vit", (vit.vit_spec(arch)["patch_size"],), "timm", drop_path=True)
+        arch: BackboneSpec(arch, "vit", (vit.vit_spec(arch)["patch_size"],), "timm", drop_path=True, head_norm="none")
         for arch in vit.VIT_ARCHS
     },
 }

@@ -1,7 +1,8 @@
 """MLP heads: the per-pixel projector (1x1 convs) and the slot predictor (linear layers).
 
 Both are ``Linear -> BN -> GELU`` blocks followed by a plain output layer, stored flat in ``mlp`` so the
-parameter names (``mlp.0``, ``mlp.1``, ``mlp.3``, ...) match official SlotCon checkpoints.
+parameter names (``mlp.0``, ``mlp.1``, ``mlp.3``, ...) match official SlotCon checkpoints. With ``norm="none"``
+the blocks are ``Linear -> GELU`` (DINO's and SlotMIM's heads for ViTs): see ``models.backbones.BackboneSpec``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from torch import Tensor, nn
 
 from models.norm import MaskedSyncBatchNorm
 
+HEAD_NORMS = ("bn", "none")
 
-def _hidden_block(dim_in: int, dim_out: int, per_pixel: bool) -> list[nn.Module]:
-    if per_pixel:
-        return [nn.Conv2d(dim_in, dim_out, 1), nn.BatchNorm2d(dim_out), nn.GELU()]
-    return [nn.Linear(dim_in, dim_out), MaskedSyncBatchNorm(dim_out), nn.GELU()]
+
+def _hidden_block(dim_in: int, dim_out: int, per_pixel: bool, norm: str) -> list[nn.Module]:
+    layer = nn.Conv2d(dim_in, dim_out, 1) if per_pixel else nn.Linear(dim_in, dim_out)
+    if norm == "none":
+        return [layer, nn.GELU()]
+    return [layer, nn.BatchNorm2d(dim_out) if per_pixel else MaskedSyncBatchNorm(dim_out), nn.GELU()]
 
 
 class MLPHead(nn.Module):
-    """``num_layers`` layers: (num_layers - 1) x [layer, BN, GELU], then a plain layer.
+    """``num_layers`` layers: (num_layers - 1) x [layer, BN, GELU] (``norm="none"``: [layer, GELU]), then a
+    plain layer.
 
     ``per_pixel=True`` uses 1x1 convolutions on [B, C, H, W] maps (the projector); otherwise linear
     layers on [N, C] rows (the predictor), whose BN layers accept a row mask so that padded rows
@@ -27,14 +32,22 @@ class MLPHead(nn.Module):
     """
 
     def __init__(
-        self, dim_in: int, dim_hidden: int, dim_out: int, num_layers: int = 3, per_pixel: bool = False
+        self,
+        dim_in: int,
+        dim_hidden: int,
+        dim_out: int,
+        num_layers: int = 3,
+        per_pixel: bool = False,
+        norm: str = "bn",
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("an MLP head needs at least one layer")
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"--head-norm {norm}: choose one of {', '.join(HEAD_NORMS)}")
         layers: list[nn.Module] = []
         for i in range(num_layers - 1):
-            layers += _hidden_block(dim_in if i == 0 else dim_hidden, dim_hidden, per_pixel)
+            layers += _hidden_block(dim_in if i == 0 else dim_hidden, dim_hidden, per_pixel, norm)
         last_in = dim_in if num_layers == 1 else dim_hidden
         layers.append(nn.Conv2d(last_in, dim_out, 1) if per_pixel else nn.Linear(last_in, dim_out))
         self.mlp = nn.Sequential(*layers)

@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from models.backbones import build_backbone
+from models.backbones import backbone_spec, build_backbone
 from models.grouping import SemanticGrouping
 from models.heads import MLPHead
 from models.losses import active_prototypes, align_to_overlap, group_loss, slot_contrastive_loss
@@ -50,6 +50,7 @@ class SlotCon(nn.Module):
         pack_slot_queries: bool = False,
         output_stride: int | None = None,
         drop_path_rate: float = 0.0,
+        head_norm: str | None = None,
     ) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
@@ -63,12 +64,13 @@ class SlotCon(nn.Module):
         self.encoder_q = build_backbone(arch, output_stride, drop_path_rate)
         self.encoder_k = build_backbone(arch, output_stride)
         channels = self.encoder_q.num_channels
-        self.projector_q = MLPHead(channels, dim_hidden, dim_out, per_pixel=True)
-        self.projector_k = MLPHead(channels, dim_hidden, dim_out, per_pixel=True)
+        head_norm = head_norm or backbone_spec(arch).head_norm
+        self.projector_q = MLPHead(channels, dim_hidden, dim_out, per_pixel=True, norm=head_norm)
+        self.projector_k = MLPHead(channels, dim_hidden, dim_out, per_pixel=True, norm=head_norm)
         # The reference pools with the teacher temperature in both networks.
         self.grouping_q = SemanticGrouping(num_prototypes, dim_out, teacher_temp)
         self.grouping_k = SemanticGrouping(num_prototypes, dim_out, teacher_temp)
-        self.predictor_slot = MLPHead(dim_out, dim_hidden, dim_out)
+        self.predictor_slot = MLPHead(dim_out, dim_hidden, dim_out, norm=head_norm)
 
         # The teacher starts as a copy of the student's parameters and is only ever updated by EMA.
         self._teacher_pairs = [
@@ -162,12 +164,14 @@ class SlotConTeacher(nn.Module):
         num_prototypes: int = 256,
         teacher_temp: float = 0.07,
         output_stride: int | None = None,
+        head_norm: str | None = None,
     ) -> SlotConTeacher:
         """A randomly initialised teacher of the given configuration."""
         encoder = build_backbone(arch, output_stride)
+        norm = head_norm or backbone_spec(arch).head_norm
         return cls(
             encoder,
-            MLPHead(encoder.num_channels, dim_hidden, dim_out, per_pixel=True),
+            MLPHead(encoder.num_channels, dim_hidden, dim_out, per_pixel=True, norm=norm),
             SemanticGrouping(num_prototypes, dim_out, teacher_temp),
         )
 

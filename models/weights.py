@@ -89,6 +89,8 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "teacher_temp": float(args.get("teacher_temp", 0.07)),
         # Dilation changes no weight, so it can only come from the args; official checkpoints have the default.
         "output_stride": resolve_output_stride(args["arch"], args.get("output_stride")),
+        # BatchNorm heads have statistics where plain ones have a GELU (mlp.1): the weights tell.
+        "head_norm": "bn" if "projector_k.mlp.1.running_mean" in state else "none",
     }
 
 

@@ -1,8 +1,8 @@
 """Two training steps of a small SlotCon on a fixed batch, run by test_distributed.py.
 
-``python tests/ddp_step.py OUT.json`` runs one process on the whole batch; under ``torchrun
+``python tests/ddp_step.py OUT.json [ARCH]`` runs one process on the whole batch; under ``torchrun
 --nproc_per_node=N`` each rank takes its 1/N of the same batch (DDP, gloo, our synchronised BN).
-Rank 0 writes the global losses and a few parameter tensors to OUT.json.
+Rank 0 writes the global losses and a few parameter tensors to OUT.json. ARCH: resnet18 (default) or a ViT.
 """
 
 import json
@@ -23,10 +23,17 @@ from utils.lars import LARS
 BATCH, SIZE = 8, 64
 
 
-def main(out_path: str) -> None:
+# A few tensors to compare, per backbone family: the trunk's first layer, a statistic or a late norm, the heads.
+PICKED = {
+    "resnet": ["encoder_q.conv1.weight", "encoder_k.layer4.1.bn2.running_var", "predictor_slot.mlp.6.weight"],
+    "vit": ["encoder_q.patch_embed.proj.weight", "encoder_k.blocks.11.norm2.weight", "predictor_slot.mlp.4.weight"],
+}
+
+
+def main(out_path: str, arch: str = "resnet18") -> None:
     info = init_distributed("cpu")
     torch.manual_seed(0)
-    model = SlotCon(arch="resnet18", dim_hidden=64, dim_out=32, num_prototypes=16)
+    model = SlotCon(arch=arch, dim_hidden=64, dim_out=32, num_prototypes=16)
     g = torch.Generator().manual_seed(1)
     crops = [torch.randn(BATCH, 3, SIZE, SIZE, generator=g) for _ in range(2)]
     boxes = [torch.rand(BATCH, 2, generator=g) * 0.4 for _ in range(2)]
@@ -51,17 +58,11 @@ def main(out_path: str) -> None:
         losses.append([v / info.world_size for v in sum_over_ranks(torch.tensor(parts, dtype=torch.float64)).tolist()])
     if info.is_main:
         state = bare.state_dict()
-        picked = [
-            "center",
-            "encoder_q.conv1.weight",
-            "encoder_k.layer4.1.bn2.running_var",
-            "predictor_slot.mlp.6.weight",
-            "grouping_q.slot_embed.weight",
-        ]
+        picked = ["center", "grouping_q.slot_embed.weight", *PICKED["vit" if arch.startswith("vit") else "resnet"]]
         Path(out_path).write_text(json.dumps({"losses": losses, **{k: state[k].flatten().tolist() for k in picked}}))
     if info.distributed:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -25,7 +25,7 @@ ALLOWED_CALLS = {
     "backbone_shapes": {"transfer/backbone.py"},
     "build_reference_classifier": {"bench/benchmark.py"},
     "resolve_output_stride": {"main_pretrain.py", "models/weights.py"},
-    "backbone_spec": {"main_pretrain.py"},
+    "backbone_spec": {"main_pretrain.py", "models/slotcon.py"},
 }
 FAMILY_MODULES = {"models.resnet", "models.vit"}
 # Besides models/backbones.py, only the converters' name maps may know a family's own module.

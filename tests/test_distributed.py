@@ -11,11 +11,21 @@ SCRIPT = ROOT / "tests" / "ddp_step.py"
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_on_the_same_batch(tmp_path):
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_p8"])
+def test_two_gloo_processes_match_one_process_on_the_same_batch(arch, tmp_path):
     single, double = tmp_path / "single.json", tmp_path / "ddp.json"
-    subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, str(SCRIPT), str(single), arch], check=True, cwd=ROOT, timeout=300)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), str(double)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(SCRIPT),
+            str(double),
+            arch,
+        ],
         check=True,
         cwd=ROOT,
         timeout=300,
