@@ -163,40 +163,46 @@ def test_linear_demo_head_reads_exactly_the_trunks_dense_map(trunk, mmseg_models
 
 
 def test_upernet_demo_trains_and_validates_from_an_exported_vit_tiny(trunk, mmseg_models, demo_sets, tmp_path):
-    from mmengine.config import Config
-    from mmengine.runner import Runner
+    """As a user runs it: a SlotCon checkpoint, the original converter, this folder's train.py on the demo sets."""
+    from transfer.segmentation import convert_pretrain_to_mm, train
 
-    exported = vit_weights.timm_to_mmseg(trunk.state_dict())
+    checkpoint = tmp_path / "vit_tiny.pth"
+    state = {f"module.encoder_k.{k}": v for k, v in trunk.state_dict().items()}
+    torch.save({"args": {"arch": "vit_tiny"}, "model": state}, checkpoint)
     weights = tmp_path / "vit_tiny_mm.pth"
-    torch.save({"state_dict": exported}, weights)
-    cfg = Config.fromfile(SEG_CONFIGS / "demo/upernet_vit-t16_128x128_demo.py")
-    cfg.model.backbone.init_cfg.checkpoint = str(weights)
-    for loader, split in ((cfg.train_dataloader, "train"), (cfg.val_dataloader, "val")):
-        data = demo_sets["splits"][split]
-        loader.dataset.update(
-            data_root="",
-            data_prefix=dict(img_path=data["images"], seg_map_path=data["labels"]),
-            ann_file=data["seg_list"],
-            img_suffix=".png",
-            seg_map_suffix=".png",
-            metainfo=dict(classes=demo_sets["seg_classes"]),
-        )
-        loader.update(batch_size=2, num_workers=0, persistent_workers=False)
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.train_cfg.update(max_iters=2, val_interval=2)
-    cfg.default_hooks.checkpoint.interval = 2
-    cfg.work_dir = str(tmp_path / "work")
-    cfg.log_level = "WARNING"
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    scores = {k: float(v.current()) for k, v in runner.message_hub.log_scalars.items() if k.startswith("val/")}
-    assert 0 <= scores["val/mIoU"] <= 100 and 0 <= scores["val/aAcc"] <= 100
-    saved = torch.load(tmp_path / "work" / "iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
+    convert_pretrain_to_mm.main([str(checkpoint), str(weights)])
+    exported = torch.load(weights, weights_only=True)["state_dict"]
+    splits = demo_sets["splits"]
+    classes = Path(splits["train"]["seg_list"]).parent / "classes.txt"
+    work = tmp_path / "work"
+    quick = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+             "train_dataloader.batch_size=2", "log_level=WARNING"]  # fmt: skip
+    for loader in ("train_dataloader", "val_dataloader"):
+        quick += [f"{loader}.num_workers=0", f"{loader}.persistent_workers=False"]
+    config = str(SEG_CONFIGS / "demo/upernet_vit-t16_128x128_demo.py")
+    train.main([
+        config, "--pretrained", str(weights), "--work-dir", str(work),
+        "--classes", str(classes), "--train-images", splits["train"]["images"], "--train-labels",
+        splits["train"]["labels"], "--train-list", splits["train"]["seg_list"], "--val-images", splits["val"]["images"],
+        "--val-labels", splits["val"]["labels"], "--cfg-options", *quick,
+    ])  # fmt: skip
+    scores = json.loads((work / "results.json").read_text())
+    assert 0 <= scores["mIoU"] <= 100 and 0 <= scores["aAcc"] <= 100
+    saved = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
     for name in ("patch_embed.projection.weight", "layers.11.attn.attn.in_proj_weight", "ln1.weight"):
         moved = (saved[f"backbone.{name}"] - exported[name]).abs().max()
         assert 0 < moved < 1e-3, name  # trained two (warm-up) steps from the exported weights, not from scratch
     # pos_embed was resized from the 224 px grid (1 + 14 x 14) to the config's 128 px one (1 + 8 x 8) at load time.
     assert saved["backbone.pos_embed"].shape == (1, 65, 192)
+
+    small = tmp_path / "vit_small.pth"
+    other = build_vit("vit_small").state_dict()
+    torch.save({"args": {"arch": "vit_small"}, "model": {f"module.encoder_k.{k}": v for k, v in other.items()}}, small)
+    convert_pretrain_to_mm.main([str(small), str(tmp_path / "vit_small_mm.pth")])
+    with pytest.raises(SystemExit) as excinfo:
+        train.main([str(SEG_CONFIGS / "demo/upernet_vit-t16_128x128_demo.py"), "--pretrained",
+                    str(tmp_path / "vit_small_mm.pth"), "--work-dir", str(work)])  # fmt: skip
+    one_line_exit(excinfo, "vit_small_mm.pth", "(384, 3, 16, 16)", "(192, 3, 16, 16)")
 
 
 def test_foreign_state_dicts_are_refused_and_archs_recognised(trunk):

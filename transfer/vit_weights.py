@@ -257,6 +257,25 @@ def mmseg_backbone_config(
     return config
 
 
+def check_mmseg_vit(state: Mapping[str, Tensor], embed_dims: int, num_layers: int, patch_size: int) -> None:
+    """ValueError naming the first problem unless ``state`` (mmseg names, ``timm_to_mmseg``'s output) has every
+    tensor of an mmseg ``VisionTransformer`` with this width, depth and patch size."""
+    expected = {f"layers.{i}.{name}" for i in range(num_layers) for name in _MMSEG_BLOCK_NAMES.values()}
+    expected |= set(_MMSEG_TOP_NAMES.values())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(f"{len(missing)} tensors of the config's ViT are missing (e.g. {missing[0]})")
+    patch = tuple(state["patch_embed.projection.weight"].shape)
+    if patch != (embed_dims, 3, patch_size, patch_size):
+        raise ValueError(
+            f"its patch embedding is {patch}; the config's ViT needs ({embed_dims}, 3, {patch_size}, {patch_size}) "
+            f"(another arch: set model.backbone.embed_dims / num_heads / patch_size, or export the right one)"
+        )
+    extra = sorted(set(state) - expected)
+    if extra:
+        raise ValueError(f"{len(extra)} tensors the config's ViT has no place for (e.g. {extra[0]}): a deeper ViT?")
+
+
 def vitdet_window_blocks(depth: int) -> list[int]:
     """ViTDet's window-attention blocks: all but every third (2, 5, 8, 11 of 12 are global), as for ViT-B."""
     return [i for i in range(depth) if (i + 1) % _VITDET_GLOBAL_EVERY]

@@ -3,7 +3,7 @@
 #
 #   bash transfer/segmentation/dist_train.sh CONFIG PRETRAINED GPUS [key=value ...]
 #
-# PRETRAINED is the output of convert_pretrain_to_mm.py. Extra arguments are config overrides
+# PRETRAINED is the output of convert_pretrain_to_mm.py (a ResNet or a ViT, as CONFIG builds). Extra arguments are config overrides
 # (--cfg-options), e.g. train_dataloader.batch_size=2 when training on 8 GPUs.
 # Work dir: CONFIG's path with configs/ -> work_dirs/ and without .py, plus PRETRAINED's name
 # (override with WORK_DIR=...). PORT: rendezvous port (default 29500); PYTHON: interpreter (default python);

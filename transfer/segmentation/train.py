@@ -13,8 +13,9 @@ configs/_base_/datasets/image_folder.py):
 A thin wrapper around mmengine's ``Runner.from_cfg`` (what mmseg's own tools/train.py does) that refuses to
 start without usable pretrained weights: mmengine loads ``init_cfg`` checkpoints non-strictly and would
 otherwise train from a random backbone with only a warning in the log. ``--random-init`` asks for that on
-purpose (the baseline of a transfer comparison). The backbone depth follows the weights (``--depth`` for a
-random one); the last validation's metrics are written to ``WORK_DIR/results.json``.
+purpose (the baseline of a transfer comparison). A ResNet config's depth follows the weights (``--depth`` for a
+random one); a ``VisionTransformer`` config (configs/ade20k/*vit*, configs/demo/*vit*) takes a ViT export whose
+width, depth and patch size it checks. The last validation's metrics are written to ``WORK_DIR/results.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from transfer import vit_weights
 from transfer.backbone import SUPPORTED_DEPTHS, infer_depth, reference_resnet_shapes
 from transfer.segmentation.mmcv_ext import install as install_mmcv_ext_stand_in
 
@@ -61,9 +63,17 @@ def load_pretrained(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_pretrained(path: str, depth: int) -> None:
-    """One-line error unless ``path`` is a converted backbone with every ResNet-``depth`` tensor."""
+def check_pretrained(path: str, backbone) -> None:
+    """One-line error unless ``path`` is a converted backbone with every tensor of the config's ``backbone`` (a
+    ResNet of its ``depth``, or a ``VisionTransformer`` of its width, depth and patch size)."""
     state = load_pretrained(path)
+    if backbone.type == "VisionTransformer":
+        try:
+            vit_weights.check_mmseg_vit(state, backbone.embed_dims, backbone.num_layers, backbone.patch_size)
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from None
+        return
+    depth = int(backbone.depth)
     if depth not in SUPPORTED_DEPTHS:
         raise SystemExit(f"config backbone depth {depth} is not one of {SUPPORTED_DEPTHS}")
     try:
@@ -83,7 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="mmseg 1.x config, e.g. configs/voc12aug/<name>.py")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", help="backbone from convert_pretrain_to_mm.py (sets model.backbone.init_cfg)")
+    weights.add_argument(
+        "--pretrained",
+        help="backbone from convert_pretrain_to_mm.py / python -m transfer.export --to mmseg (a ResNet or a ViT, "
+        "as the config builds; sets model.backbone.init_cfg)",
+    )
     weights.add_argument("--random-init", action="store_true", help="train from a randomly initialised backbone")
     parser.add_argument(
         "--depth",
@@ -200,13 +214,16 @@ def build_config(args: argparse.Namespace):
     cfg = Config.fromfile(args.config)
     set_own_data(cfg, args)
     cfg.merge_from_dict(args.cfg_options)
+    vit = cfg.model.backbone.type == "VisionTransformer"
+    if args.depth and vit:
+        raise SystemExit(f"--depth {args.depth}: {args.config} builds a VisionTransformer, not a ResNet")
     if args.depth:
         set_depth(cfg, args.depth)
     if args.random_init:
         cfg.model.backbone.init_cfg = None
     elif args.pretrained:
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=args.pretrained)
-        if not args.depth:  # the depth follows the weights
+        if not args.depth and not vit:  # a ResNet's depth follows the weights
             with contextlib.suppress(ValueError):  # not a plain ResNet: check_pretrained names what is missing
                 set_depth(cfg, infer_depth(load_pretrained(args.pretrained)))
     init_cfg = cfg.model.backbone.get("init_cfg") or {}
@@ -216,7 +233,7 @@ def build_config(args: argparse.Namespace):
             "(or --random-init)"
         )
     if not args.resume and not args.random_init:  # a resumed run restores the fine-tuned backbone itself
-        check_pretrained(str(init_cfg["checkpoint"]), int(cfg.model.backbone.depth))
+        check_pretrained(str(init_cfg["checkpoint"]), cfg.model.backbone)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or os.path.join("work_dirs", Path(args.config).stem)
     cfg.resume = args.resume

@@ -1,9 +1,9 @@
 # ADE20K: UperNet on a SlotCon ViT-B/16 (vit_base), 512x512 crops, 160k iterations: the mmseg ViT standard
 # (mmseg 1.2.2, configs/vit/vit_vit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py), see the two _base_ files.
 # Train on 8 GPUs x 2 images (total batch 16; with other GPU counts keep GPUs x train_dataloader.batch_size = 16)
-# with mmseg's own launcher (mmseg/.mim/tools/dist_train.sh and train.py; this folder's train.py expects a ResNet):
-#   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit_base_mm.pth
-# (weights: transfer/vit_weights.timm_to_mmseg of the trunk's state dict, saved as {'state_dict': ...}).
+# with this folder's launcher, as the ResNet configs (weights: convert_pretrain_to_mm.py or
+# python -m transfer.export CKPT --to mmseg OUT, which give mmseg's ViT names):
+#   bash transfer/segmentation/dist_train.sh transfer/segmentation/configs/ade20k/THIS.py vit_base_mm.pth 8
 _base_ = [
     "../_base_/models/upernet_vit-b16_ln_mln.py",
     "../_base_/datasets/ade20k_512x512.py",

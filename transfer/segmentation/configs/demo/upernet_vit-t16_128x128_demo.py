@@ -2,10 +2,11 @@
 # 128 px (an 8x8 patch grid, the ResNet-18 demo's output stride 16), small enough to train on a CPU. The ViT UperNet
 # of ../ade20k/ with the neck and heads cut to 64 channels (auxiliary head 32), BN (one process), 11 classes
 # (background + the 10 demo classes), and a short AdamW schedule: lr 1e-4 (not tuned), 50 warmup iterations, then
-# linear decay to 0. Set the data, the weights and the length with mmseg's tools/train.py --cfg-options (this
-# folder's train.py expects a ResNet; tests/test_vit_transfer.py sets them in Python), e.g.
-#   model.backbone.init_cfg.checkpoint=vit_tiny_mm.pth train_cfg.max_iters=250 param_scheduler.1.end=250
-#   train_dataloader.dataset.data_prefix.img_path=... (as in ../_base_/datasets/image_folder.py)
+# linear decay to 0. Train it with this folder's train.py, as the ResNet demo:
+#   python transfer/segmentation/convert_pretrain_to_mm.py output/demo_vit/current.pth vit_tiny_mm.pth
+#   python transfer/segmentation/train.py transfer/segmentation/configs/demo/upernet_vit-t16_128x128_demo.py \
+#       --pretrained vit_tiny_mm.pth --classes ... --train-images ... --train-labels ... --val-images ... \
+#       --val-labels ... --cfg-options train_cfg.max_iters=250 param_scheduler.1.end=250
 # A vit_tiny_p8 trunk (patch 8, a 16x16 grid): model.backbone.patch_size=8.
 _base_ = [
     "../_base_/models/upernet_vit-b16_ln_mln.py",
