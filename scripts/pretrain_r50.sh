@@ -1,66 +1,10 @@
 #!/usr/bin/env bash
-# Shared part of the SlotCon ResNet-50 recipes (the reference's hyperparameters, total batch 512), sourced by the
-# slotcon_*.sh scripts after they set RECIPE (their dataset-specific flags); the caller's own flags come last, so
-# they override. Environment:
-#   GPUS         processes per node, one per GPU (default 8); 0 trains on the CPU in one process
-#   DEVICE=cpu   run the GPUS processes on the CPU (gloo): a multi-process check on a machine without GPUs
-#   DATA_DIR, OUTPUT_DIR (set by the recipes), MASTER_PORT (12348), PYTHON (python, else python3)
-#   NNODES, RDZV_ENDPOINT, RDZV_ID: several nodes, c10d rendezvous (set by scripts/slurm_pretrain.sh)
+# The SlotCon ResNet-50 hyperparameters (the reference's, total batch 512), sourced by the slotcon_*_r50_*.sh recipes;
+# scripts/pretrain.sh launches them (its header lists the environment it reads).
 set -euo pipefail
-if [ -z "${RECIPE+set}" ]; then
-  echo "$0: run one of the recipes (scripts/slotcon_*.sh), which source this file" >&2
-  exit 1
-fi
-command_line=$(printf '%q ' "$0" "$@")  # what the caller typed, for the messages below
-command_line=${command_line% }
-cd "$(dirname "$0")/.."
-GPUS=${GPUS:-8}
-DEVICE=${DEVICE:-cuda}
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
-
-case " $* " in
-  *" --data-dir"*) ;;  # the caller names the data on the command line
-  *) if [ ! -d "$DATA_DIR" ]; then
-       echo "$0: no data at $DATA_DIR (link the dataset there, e.g. ln -s /path/to/the/dataset ${DATA_DIR%/}," \
-            "or set DATA_DIR)" >&2
-       exit 1
-     fi ;;
-esac
-
-device_flags=()
-if [ "$GPUS" -eq 0 ] || [ "$DEVICE" = cpu ]; then
-  device_flags=(--device cpu)
-else
-  found=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
-  if [ "$found" -lt "$GPUS" ]; then
-    if [ "$found" -eq 0 ]; then
-      echo "$0 trains on $GPUS GPUs (GPUS=$GPUS) and this machine has none: run GPUS=0 $command_line to train on" \
-           "the CPU (add e.g. --arch resnet18 --batch-size 32 --image-size 96 for a first try)" >&2
-    else
-      echo "$0 trains on $GPUS GPUs (GPUS=$GPUS) and this machine has $found: run GPUS=$found $command_line" \
-           "(the total batch stays 512 unless you pass --batch-size)" >&2
-    fi
-    exit 1
-  fi
-fi
-
-if [ "$GPUS" -eq 0 ]; then
-  launch=("$PYTHON" main_pretrain.py)
-else  # scripts/torchrun.py: torchrun that passes on SIGUSR1 and the workers' exit code 75 (requeue me)
-  launch=("$PYTHON" scripts/torchrun.py --nproc_per_node="$GPUS")
-  if [ -n "${RDZV_ENDPOINT:-}" ]; then
-    launch+=(--nnodes="$NNODES" --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID")
-  else
-    launch+=(--master_port "${MASTER_PORT:-12348}")
-  fi
-  launch+=(main_pretrain.py)
-fi
-set -x
-# exec: no shell stays between the job and the training processes (a job's SIGUSR1 would kill a waiting shell)
-exec "${launch[@]}" "${device_flags[@]}" \
-  --data-dir "$DATA_DIR" --output-dir "$OUTPUT_DIR" \
-  --arch resnet50 --dim-hidden 4096 --dim-out 256 \
-  --teacher-momentum 0.99 --teacher-temp 0.07 --group-loss-weight 0.5 \
-  --batch-size 512 --optimizer lars --base-lr 1.0 --weight-decay 1e-5 --warmup-epoch 5 --fp16 \
-  --print-freq 10 --auto-resume --num-workers 8 \
-  "${RECIPE[@]}" "$@"
+MODEL=(
+  --arch resnet50 --dim-hidden 4096 --dim-out 256
+  --teacher-momentum 0.99 --teacher-temp 0.07 --group-loss-weight 0.5
+  --batch-size 512 --optimizer lars --base-lr 1.0 --weight-decay 1e-5 --warmup-epoch 5 --fp16
+)
+source "$(dirname "${BASH_SOURCE[0]}")/pretrain.sh"

@@ -1,4 +1,4 @@
-"""torchrun, with two changes that let a job script requeue a preempted run (used by pretrain_r50.sh).
+"""torchrun, with two changes that let a job script requeue a preempted run (used by pretrain.sh).
 
 - Its exit code is the workers' when all workers that failed by themselves exited with the same code; torchrun
   itself exits 1 on any failure, which would hide main_pretrain.py's 75 ("saved current.pth; requeue me") from the

@@ -78,7 +78,8 @@ def _shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_recipes_are_executable():
-    for script in ("pretrain_r50.sh", "slurm_pretrain.sh", "torchrun.py", *RECIPES, "slotcon_imagenet_r50_200ep.sh"):
+    scripts = ("pretrain.sh", "pretrain_r50.sh", "pretrain_vit.sh", "slurm_pretrain.sh", "torchrun.py", *RECIPES)
+    for script in (*scripts, "slotcon_imagenet_r50_200ep.sh", "slotcon_imagenet_vits16_100ep.sh"):
         assert os.access(ROOT / "scripts" / script, os.X_OK), script
     if shutil.which("git") and (ROOT / ".git").exists():  # what a clone gets
         listed = subprocess.run(["git", "ls-files", "-s", "scripts"], cwd=ROOT, capture_output=True, text=True)
@@ -125,6 +126,23 @@ def test_each_original_recipe_trains_on_its_dataset_link(checkout, recipe):
     assert (out / "ckpt_epoch_1.pth").is_file() and "training done" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
+def test_the_vit_recipe_trains_with_its_optimizer_on_the_coco_link(checkout):
+    vit = ["--arch", "vit_tiny_p8", "--batch-size", "4", "--epochs", "1", "--image-size", "64", "--dim-hidden", "32"]
+    done = _shell(
+        " ".join(["GPUS=0 ./scripts/slotcon_coco_vits16_800ep.sh", *vit, "--num-workers", "0", *QUICK]), checkout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = checkout / "output" / "slotcon_coco_vits16_800ep"
+    config = json.loads((out / "config.json").read_text())
+    recipe = {k: config[k] for k in ("optimizer", "base_lr", "weight_decay", "weight_decay_end", "clip_grad")}
+    assert recipe == {"optimizer": "adamw", "base_lr": 0.0005, "weight_decay": 0.04, "weight_decay_end": 0.4,
+                      "clip_grad": 3.0}  # fmt: skip
+    assert (config["drop_path"], config["teacher_momentum"], config["head_norm"]) == (0.1, 0.996, "none")
+    assert (config["arch"], config["dataset"], config["num_prototypes"]) == ("vit_tiny_p8", "COCO", 256)
+    assert (out / "ckpt_epoch_1.pth").is_file()
+
+
 def test_a_missing_dataset_and_a_direct_call_of_the_shared_part_are_one_line(checkout, tmp_path):
     done = _shell("GPUS=0 ./scripts/slotcon_imagenet_r50_100ep.sh", checkout, DATA_DIR=str(tmp_path / "nothing"))
     assert done.returncode == 1
@@ -133,8 +151,9 @@ def test_a_missing_dataset_and_a_direct_call_of_the_shared_part_are_one_line(che
         "(link the dataset there, e.g. ln -s /path/to/the/dataset "
         f"{tmp_path / 'nothing'}, or set DATA_DIR)"
     )
-    done = _shell("./scripts/pretrain_r50.sh", checkout)
-    assert done.returncode == 1 and "run one of the recipes" in done.stderr
+    for shared in ("pretrain.sh", "pretrain_r50.sh", "pretrain_vit.sh"):
+        done = _shell(f"./scripts/{shared}", checkout)
+        assert done.returncode == 1 and "run one of the recipes" in done.stderr, shared
 
 
 # ---- scripts/torchrun.py
