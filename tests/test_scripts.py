@@ -51,7 +51,7 @@ def _images(folder: Path, count: int, suffix: str) -> None:
 def checkout(tmp_path_factory) -> Path:
     """A checkout with tiny datasets linked where the original README puts them (./datasets/coco, imagenet)."""
     root = tmp_path_factory.mktemp("checkout")
-    for name in ("main_pretrain.py", "data", "models", "utils", "eval"):
+    for name in ("main_pretrain.py", "engine", "data", "models", "utils", "eval"):
         (root / name).symlink_to(ROOT / name)
     shutil.copytree(ROOT / "scripts", root / "scripts")  # the scripts find the code next to themselves
     data = tmp_path_factory.mktemp("data")
