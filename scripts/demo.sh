@@ -3,6 +3,7 @@
 # trained network with a random one on held-out scenes, and draw what the prototypes learned.
 # Environment: PYTHON (python), DEMO_DATA (demo_data), DEMO_OUT (output/demo), DEMO_DEVICE (auto: cuda when
 # torch sees a GPU, else cpu), DEMO_CPU_BF16 (auto, 0 or 1: bfloat16 autocast on the CPU, see below),
+# DEMO_ARCH (resnet18, the demo's; vit_tiny_p8: the same demo on a ViT, output in output/demo-vit_tiny_p8),
 # DEMO_SEEDS ("0"; with several, as `make demo-seeds` = "0 1 2", every seed
 # trains its own model, seed S > 0 in $DEMO_OUT-seedS, and a last table gives each column's mean and
 # min-max over the seeds), DEMO_DRY_RUN=1 (print the commands instead of running them).
@@ -10,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DATA=${DEMO_DATA:-demo_data}
-OUT=${DEMO_OUT:-output/demo}
+ARCH=${DEMO_ARCH:-resnet18}
+if [ "$ARCH" = resnet18 ]; then OUT=${DEMO_OUT:-output/demo}; else OUT=${DEMO_OUT:-output/demo-$ARCH}; fi
 SEEDS=${DEMO_SEEDS:-0}
 DEVICE=${DEMO_DEVICE:-auto}
 if [ "$DEVICE" = auto ]; then
@@ -40,6 +42,16 @@ export PYTHONWARNINGS=ignore
 # Compute threads: one core fewer than this process may use, at least one (the loader worker takes the last):
 # on a shared 2-core machine two threads collapsed the training from 7.1 to 1.3 img/s, every step waiting for
 # the thread the scheduler had taken away. Set OMP_NUM_THREADS to override.
+# DEMO_ARCH=vit_tiny_p8 trains a ViT-Tiny with 8 px patches (64 tokens of a 64 px crop: the same 8x8 map as the
+# ResNet's stride 8) with the ViT recipe's optimizer (scripts/pretrain_vit.sh: AdamW, the weight-decay schedule,
+# clipping, plain heads), the rest as the ResNet demo; no stochastic depth in so short a run. Its learning rate
+# (base 0.002: 1.25e-4 at batch 16) is DINO's ViT-S/16 one (5e-4 per 256) raised for a run of 375 steps.
+case "$ARCH" in
+  resnet18) MODEL=(--arch resnet18 --output-stride 8 --optimizer lars --base-lr 8.0) ;;
+  vit_tiny_p8) MODEL=(--arch vit_tiny_p8 --optimizer adamw --base-lr 0.002 --weight-decay 0.04 --weight-decay-end 0.4
+                      --clip-grad 3.0) ;;
+  *) echo "demo.sh: error: DEMO_ARCH must be resnet18 or vit_tiny_p8, got '$ARCH'" >&2; exit 2 ;;
+esac
 EPOCHS=3
 CPU_BF16=${DEMO_CPU_BF16:-auto}
 if [ "$CPU_BF16" = auto ]; then
@@ -65,9 +77,9 @@ for SEED in $SEEDS; do
   echo "== 2/4 pretraining on $DEVICE (OMP_NUM_THREADS=$OMP_NUM_THREADS), seed $SEED, $EPOCHS epochs -> $RUN_OUT"
   if [ -f "$RUN_OUT/current.pth" ]; then echo "(found $RUN_OUT/current.pth: resuming; delete $RUN_OUT to start over)"; fi
   run "$PYTHON" main_pretrain.py --dataset demo --data-dir "$DATA" --output-dir "$RUN_OUT" --auto-resume \
-    "${DEVICE_FLAGS[@]}" --seed "$SEED" --arch resnet18 --image-size 64 --min-scale 0.2 --output-stride 8 \
+    "${DEVICE_FLAGS[@]}" --seed "$SEED" "${MODEL[@]}" --image-size 64 --min-scale 0.2 \
     --dim-hidden 512 --dim-out 128 --num-prototypes 16 --teacher-momentum 0.98 --teacher-temp 0.03 \
-    --center-momentum 0.97 --batch-size 16 --optimizer lars --base-lr 8.0 --warmup-epoch 1 --epochs "$EPOCHS" \
+    --center-momentum 0.97 --batch-size 16 --warmup-epoch 1 --epochs "$EPOCHS" \
     --print-freq 25 --save-every-minutes 2
 
   # The linear probe and k-NN fit on the first 600 train scenes (all 300 eval scenes are scored): the

@@ -127,3 +127,14 @@ def test_seeds_get_their_own_folders_and_a_spread_table(tmp_path: Path) -> None:
 def test_bad_device_is_one_line(tmp_path: Path, device: str) -> None:
     code, _, err = _dry_run(tmp_path, DEMO_DEVICE=device)
     assert code == 2 and err.strip() == f"demo.sh: error: DEMO_DEVICE must be auto, cpu or cuda, got '{device}'"
+
+
+def test_the_vit_demo_trains_a_vit_with_the_vit_optimizer(tmp_path: Path) -> None:
+    code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_CPU_BF16="0", DEMO_ARCH="vit_tiny_p8")
+    assert code == 0, err
+    [train] = _commands(out, "main_pretrain.py")
+    for flag in ("--arch vit_tiny_p8", "--optimizer adamw", "--weight-decay-end 0.4", "--clip-grad 3.0", "--epochs 3"):
+        assert flag in train, flag
+    assert "--output-stride" not in train and "--arch resnet18" not in train
+    code, _, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_ARCH="vit_huge")
+    assert code == 2 and err.strip() == "demo.sh: error: DEMO_ARCH must be resnet18 or vit_tiny_p8, got 'vit_huge'"
