@@ -252,8 +252,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
     problems = flag_problems(args, world_size)
     if problems:
         raise SystemExit("\n".join(problems))
-    args.output_stride = resolve_output_stride(args.arch, args.output_stride)  # recorded: eval and viz read it
-    args.head_norm = args.head_norm or backbone_spec(args.arch).head_norm
+    fill_arch_defaults(args)
     output = Path(args.output_dir)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -262,6 +261,13 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         probe.unlink()
     except OSError as e:
         raise SystemExit(f"--output-dir {output}: not writable ({e.strerror})") from None
+
+
+def fill_arch_defaults(args: argparse.Namespace) -> None:
+    """The defaults that depend on ``--arch``, written into ``args`` (and so into config.json and checkpoints,
+    which eval and viz read): the output stride and the heads' norm."""
+    args.output_stride = resolve_output_stride(args.arch, args.output_stride)
+    args.head_norm = args.head_norm or backbone_spec(args.arch).head_norm
 
 
 class PreemptionFlag:

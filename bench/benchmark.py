@@ -2,14 +2,15 @@
 
 Modes (``--modes``, comma-separated):
   step     ``engine.trainer.Trainer.step`` (forward, backward, optimizer, finiteness check, teacher EMA) on synthetic,
-           already-augmented crops, interleaved in this process with a plain torchvision ResNet step (same arch
-           and size, both views: 2B images, forward + backward + SGD): our step as a multiple of that one
+           already-augmented crops, interleaved in this process with a plain library step (torchvision's ResNet or
+           timm's ViT of the same arch and size, both views: 2B images, forward + backward + SGD): our step as a
+           multiple of that one
   augment  the batched photometric augmentation alone (uint8 crops already on the device)
   data     the CPU input pipeline alone: JPEG decode + two crops per image in DataLoader workers
   pipeline a CPU-only run's whole input pipeline in one process: decode, crops, photometric augmentation
   e2e      ``main_pretrain.py`` itself, from JPEG files, read back from its metrics.jsonl
   check    losses of the same weights and batch on the CPU and on --device agree (fp32)
-  flops    FLOPs per image of one training step (SlotCon and a supervised ResNet classifier), counted by
+  flops    FLOPs per image of one training step (SlotCon and the library's supervised classifier), counted by
            ``torch.utils.flop_counter`` on the meta device (shapes only: no compute, any --device)
 
 Example (the numbers in BENCHMARKS.md):
@@ -17,6 +18,8 @@ Example (the numbers in BENCHMARKS.md):
       --batch-size 128 --dim-hidden 4096 --num-prototypes 256 --num-workers 14
   python -m bench.benchmark --device cpu --modes flops --arch resnet50 --image-size 224 --batch-size 128 \\
       --dim-hidden 4096 --num-prototypes 256
+  python -m bench.benchmark --device cpu --modes step,flops --arch vit_small --optimizer adamw --image-size 224 \\
+      --batch-size 8 --dim-hidden 2048 --num-prototypes 256       # ViT-S/16 against timm's ViT-S/16 step
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from data.photometric import BatchAugment
 from data.sampler import ResumableSampler
 from data.transforms import TwoViewCrop
 from engine.trainer import build_model, build_trainer, fill_device_defaults
-from main_pretrain import get_args_parser
+from main_pretrain import fill_arch_defaults, get_args_parser
 from models import SlotCon
 from models.backbones import build_reference_classifier
 from utils.distributed import DistInfo
@@ -58,6 +61,7 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--modes", default="step,augment,data")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default="resnet18")
+    p.add_argument("--optimizer", default="lars", choices=["sgd", "lars", "adamw"], help="adamw for ViTs")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dim-hidden", type=int, default=1024)
@@ -148,7 +152,7 @@ def pretrain_args(args: argparse.Namespace, **overrides) -> argparse.Namespace:
         "--num-prototypes",
         str(args.num_prototypes),
         "--optimizer",
-        "lars",
+        args.optimizer,
         "--epochs",
         "1",
         "--warmup-epoch",
@@ -162,6 +166,7 @@ def pretrain_args(args: argparse.Namespace, **overrides) -> argparse.Namespace:
     flags += ["--compile"] if args.compile else []
     flags += ["--pack-slot-queries"] if args.pack_slot_queries else []
     parsed = get_args_parser().parse_args(flags)
+    fill_arch_defaults(parsed)
     fill_device_defaults(parsed, DistInfo(0, 1, torch.device(args.device)))
     vars(parsed).update(overrides)
     return parsed
@@ -179,7 +184,8 @@ def synthetic_batch(args: argparse.Namespace, device: torch.device, seed: int = 
 
 
 def plain_resnet_step(args: argparse.Namespace, device: torch.device):
-    """A supervised torchvision ResNet step of both views' images (2B), in our step's precision and layout."""
+    """A supervised step of the library's classifier of the same arch (torchvision ResNet, timm ViT) on both views'
+    images (2B), in our step's precision and layout."""
     torch.manual_seed(0)
     settings = pretrain_args(args)
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -468,7 +474,7 @@ def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
         "--num-prototypes",
         str(args.num_prototypes),
         "--optimizer",
-        "lars",
+        args.optimizer,
         "--epochs",
         str(args.e2e_epochs),
         "--warmup-epoch",

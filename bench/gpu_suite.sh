@@ -12,6 +12,7 @@ bench() { $py -m bench.benchmark --device cuda --arch resnet50 --image-size 224 
 bench --modes augment --batch-size 128 --steps 20 --warmup 5
 bench --modes augment --batch-size 128 --steps 20 --warmup 5 --compile
 bench --modes step --batch-size 128 --compile --steps 10 --warmup 5
+bench --modes step --arch vit_small --optimizer adamw --dim-hidden 2048 --batch-size 128 --steps 10 --warmup 5
 bench --modes e2e --batch-size 128 --compile --num-workers 15 --num-images 3840 --jpeg-dir /tmp/slotcon_jpegs
 bench --modes check,step --batch-size 128 --steps 15 --warmup 5
 bench --modes data,e2e --batch-size 128 --num-workers 15 --num-images 3840 --jpeg-dir /tmp/slotcon_jpegs --steps 20
