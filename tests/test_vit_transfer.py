@@ -324,7 +324,7 @@ def test_lazy_train_net_stops_bad_input_with_one_line(trunk, d2, demo_sets, tmp_
     cfg = load()
     with pytest.raises(SystemExit) as excinfo:  # the placeholder
         ltn.check_weights(cfg, resume=False)
-    one_line_exit(excinfo, "train.init_checkpoint 'SET_ME", "timm_to_detectron2")
+    one_line_exit(excinfo, "train.init_checkpoint 'SET_ME", "python -m transfer.export")
     other = build_vit("vit_tiny_p8")  # another arch's export: patch 8 shapes, not the config's patch 16
     wrong = tmp_path / "vit_tiny_p8_d2.pth"
     kwargs = vit_weights.detectron2_vit_kwargs("vit_tiny_p8", img_size=128, window_size=4)
@@ -348,9 +348,18 @@ def test_lazy_train_net_stops_bad_input_with_one_line(trunk, d2, demo_sets, tmp_
 def test_vitdet_demo_trains_then_evaluates_the_same_from_the_export(trunk, d2, demo_sets, tmp_path):
     from detectron2.config import LazyConfig
 
+    from transfer.detection import convert_pretrain_to_d2
+    from transfer.detection.lazy_train_net import read_weights
+
     cfg = LazyConfig.load(str(DEMO_VITDET))
-    weights = tmp_path / "vit_tiny_d2.pth"
-    torch.save({"model": vit_weights.timm_to_detectron2(trunk.state_dict(), cfg.model.backbone.net)}, weights)
+    checkpoint, weights = tmp_path / "vit_tiny.pth", tmp_path / "vit_tiny_d2.pkl"
+    state = {f"module.encoder_k.{k}": v for k, v in trunk.state_dict().items()}
+    torch.save({"args": {"arch": "vit_tiny"}, "model": state}, checkpoint)
+    # As a user exports it: the original converter, at the demo config's size and windows.
+    convert_pretrain_to_d2.main([str(checkpoint), str(weights), "--image-size", "128", "--window-size", "4"])
+    assert {k: tuple(v.shape) for k, v in read_weights(str(weights)).items()} == {
+        k: tuple(v.shape) for k, v in vit_weights.timm_to_detectron2(trunk.state_dict(), cfg.model.backbone.net).items()
+    }
     train, val = demo_sets["splits"]["train"], demo_sets["splits"]["val"]
     out = tmp_path / "run"
     data = ["--train-json", train["coco_json"], "--train-images", train["images"]]

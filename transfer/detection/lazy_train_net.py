@@ -12,8 +12,9 @@ Your own COCO-format data (its categories give the class names and ``model.roi_h
 
 ``--eval-only`` evaluates ``train.init_checkpoint`` (e.g. a ``model_final.pth``); ``--resume`` continues from the
 last checkpoint in ``train.output_dir``. Overrides are ``key=value`` pairs on the config's keys (a value is read as
-a Python literal where it is one, else as a string). The weights file is what
-``transfer/vit_weights.timm_to_detectron2`` gives, saved as ``{"model": state}``; it must hold exactly the
+a Python literal where it is one, else as a string). The weights file is a SlotCon checkpoint's ViT exported for
+the config's ViTDet (``python -m transfer.export CKPT --to detectron2 OUT.pkl``, with ``--image-size 128
+--window-size 4`` for the demo config; or convert_pretrain_to_d2.py with the same flags); it must hold exactly the
 config's ViT tensors (``backbone.net.*``, names and shapes), which is checked before anything is built, since
 detectron2 would otherwise skip missing or mismatched tensors with a warning. ``train.init_checkpoint=""``
 trains from random initialisation. The final numbers go to ``train.output_dir/results.json``.
@@ -35,7 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so that running this file by path works
+if __package__ in (None, ""):  # run by path, as the other detection scripts: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 try:
     import torch
@@ -279,12 +281,15 @@ def check_weights(cfg: Any, resume: bool) -> None:
         return
     if weights.startswith(_PLACEHOLDER) or not os.path.isfile(weights):
         raise SystemExit(
-            f"train.init_checkpoint {weights!r} is not a file: export the trunk with transfer/vit_weights."
-            "timm_to_detectron2, save {'model': ...} and pass train.init_checkpoint=/path/to/it.pth"
+            f"train.init_checkpoint {weights!r} is not a file: export a SlotCon checkpoint's ViT with "
+            "python -m transfer.export CKPT --to detectron2 OUT.pkl and pass train.init_checkpoint=OUT.pkl"
         )
     found = {k: tuple(v.shape) for k, v in read_weights(weights).items() if k.startswith(NET_PREFIX)}
     if not found:
-        raise SystemExit(f"{weights}: no ViTDet backbone tensors ({NET_PREFIX}*); export with timm_to_detectron2")
+        raise SystemExit(
+            f"{weights}: no ViTDet backbone tensors ({NET_PREFIX}*); export with python -m transfer.export "
+            "--to detectron2"
+        )
     # Built on the CPU (meta tensors cannot run ViT's constructor): seconds for a ViT-B.
     net = instantiate(cfg.model.backbone.net)
     expected = {NET_PREFIX + k: tuple(v.shape) for k, v in net.state_dict().items()}
@@ -303,8 +308,8 @@ def check_weights(cfg: Any, resume: bool) -> None:
         if wrong:
             parts.append(f"{len(wrong)} of other shapes (e.g. {wrong[0]}: {found[wrong[0]]} vs {expected[wrong[0]]})")
         raise SystemExit(
-            f"{weights} does not fit the config's model.backbone.net: {', '.join(parts)}; export with "
-            "timm_to_detectron2(state, <the config's model.backbone.net>) for the same arch"
+            f"{weights} does not fit the config's model.backbone.net: {', '.join(parts)}; export the same arch "
+            "with python -m transfer.export --to detectron2 and the config's --image-size / --window-size"
         )
 
 

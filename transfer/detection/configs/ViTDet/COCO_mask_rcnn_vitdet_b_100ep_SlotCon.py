@@ -7,11 +7,11 @@
 # layer-wise lr decay 0.7 over the 12 blocks; 184,375 iterations of 64 images with a 250-iteration warmup from
 # 0.001 x lr and x0.1 steps at 163,889 and 177,546; mixed precision. Reported for MAE ViT-B: 51.6 box AP, 45.9 mask AP.
 #
-# The backbone's weights: transfer/vit_weights.timm_to_detectron2(trunk_state, <this config's model.backbone.net>),
-# saved as {"model": ...} in a .pth file, which loads with 0 missing and 0 unexpected backbone keys (its
+# The backbone's weights: python -m transfer.export CKPT --to detectron2 vit_base_d2.pkl (the defaults, 1024 px and
+# 14 x 14 windows, are this config's), which loads with 0 missing and 0 unexpected backbone keys (its
 # relative-position tables are the zeros detectron2 would start from; see transfer/vit_weights.py). Run:
 #   python transfer/detection/lazy_train_net.py --config-file THIS_FILE --num-gpus 8 \
-#       train.init_checkpoint=/path/to/vit_base_d2.pth train.output_dir=output/vitdet_b_slotcon
+#       train.init_checkpoint=/path/to/vit_base_d2.pkl train.output_dir=output/vitdet_b_slotcon
 from functools import partial
 
 from detectron2 import model_zoo

@@ -9,7 +9,8 @@
 # at 240; full precision. As in Demo_R_18_FPN_SlotCon.yaml, the data come from the command line:
 #   python transfer/detection/lazy_train_net.py --config-file THIS_FILE --train-json sets/coco/train.json \
 #       --train-images demo/train/images --val-json sets/coco/val.json --val-images demo/val/images \
-#       train.init_checkpoint=vit_tiny_d2.pth train.output_dir=output/demo_vitdet train.device=cpu
+#       train.init_checkpoint=vit_tiny_d2.pkl train.output_dir=output/demo_vitdet train.device=cpu
+# with the weights from python -m transfer.export CKPT --to detectron2 vit_tiny_d2.pkl --image-size 128 --window-size 4
 # (registered as custom_train / custom_val; roi_heads.num_classes follows their categories).
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
