@@ -3,6 +3,7 @@ own layouts (CPU, about a second)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from eval import dense_retrieval
 from eval.datasets import ADE20K, ADE20K_CLASSES, IGNORE_INDEX, VOC_CLASSES, EvalDataError, PascalVOC, build_dataset
+
+TINY_MODEL = ["--arch", "resnet18", "--dim-hidden", "32", "--dim-out", "16", "--num-prototypes", "8"]
 
 
 def _label(seed: int, values: list[int], shape: tuple[int, int] = (4, 6)) -> np.ndarray:
@@ -162,3 +166,19 @@ def test_ade20k_wrong_layouts_are_one_line_errors(tmp_path: Path, ade_root: Path
         image.unlink()
     with pytest.raises(EvalDataError, match=r"no \.jpg images"):
         ADE20K(ade_root, "eval", 12)
+
+
+def test_retrieval_cli_on_voc_layout_and_one_line_errors(
+    voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "voc.json"
+    common = ["--checkpoint", "random", *TINY_MODEL, "--image-size", "64", "--output-json", str(out)]
+    assert dense_retrieval.main([*common, "--dataset", "voc", "--data-dir", str(voc_root)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_classes"] == 21 and result["num_train_images"] == 2 and result["num_eval_images"] == 2
+    assert result["memory_size"] == dense_retrieval.PROTOCOL_MEMORY_SIZE and result["patches_per_image"] is None
+    capsys.readouterr()
+    for dataset, root in (("voc", tmp_path / "empty"), ("ade20k", voc_root)):
+        assert dense_retrieval.main([*common, "--dataset", dataset, "--data-dir", str(root)]) == 2
+        error = capsys.readouterr().err
+        assert "error: " in error and error.count("\n") == 1
