@@ -20,8 +20,9 @@ the predictions are class ids).
 
 **Defaults** (open-hummingbird-eval, ``hbird_eval.py`` and its README): k = 30, T = 0.02, M = 10,240,000
 (1024 x 10^4, the bank its README compares with the paper's VOC number), images resized whole to 512 x 512
-(``eval.datasets``). The demo's default bank is M = 25,600: its 128 px scenes give 256 patches each, and a bank
-of every patch of 600 scenes takes minutes to search on two CPU cores. Differences from open-hummingbird-eval:
+(``eval.datasets``). The demo's default bank is M = 10,240 (1024 x 10): its 128 px scenes give 256 patches each,
+and on one CPU thread labelling the 300 eval scenes from a bank of every patch of 600 train scenes (153,600) took
+4-5 min per model, from 10,240 about 20 s (BENCHMARKS.md). Differences from open-hummingbird-eval:
 one pass over the train images without augmentation (it can add passes of random resized crops and colour
 jitter: ``augmentation_epoch``, 1 by default, 2 in its README's table); unlabelled pixels stay out of the patch
 labels (it counts VOC's 255 as background there); exact search (it uses ScaNN or faiss).
@@ -58,7 +59,7 @@ from models.slotcon import SlotConTeacher
 DEFAULT_K = 30
 DEFAULT_TEMPERATURE = 0.02
 PROTOCOL_MEMORY_SIZE = 10_240_000
-DEMO_MEMORY_SIZE = 25_600
+DEMO_MEMORY_SIZE = 10_240
 SEARCH_METHODS = ("torch", "faiss")
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_BANK_CHUNK = 65_536
