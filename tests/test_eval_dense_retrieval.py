@@ -1,5 +1,5 @@
 """Tests for dense nearest-neighbour retrieval (eval/dense_retrieval.py): patch labels, bank sampling, search, vote,
-the CLI (CPU, a few seconds)."""
+the CLI and its column in eval.report (CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from data.demo_scenes import generate_scenes
-from eval import dense_retrieval
+from eval import dense_retrieval, report
 from eval.common import Batch
 from eval.datasets import IGNORE_INDEX
 from eval.dense_retrieval import (
@@ -238,7 +238,7 @@ def _common(demo_dir: Path, out: Path) -> list[str]:
             "--output-json", str(out)]  # fmt: skip
 
 
-def test_cli_end_to_end(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end_and_report_column(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "retrieval.json"
     # 64 px at stride 32: 2 x 2 patches per scene; a budget of 16 keeps 2 of each scene's 4.
     argv = ["--checkpoint", "random", *TINY_MODEL, *_common(demo_dir, out), "--memory-size", "16"]
@@ -249,6 +249,13 @@ def test_cli_end_to_end(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert result["num_train_images"] == 8 and result["num_eval_images"] == 4 and result["num_classes"] == 11
     assert result["k"] == 30 and result["temperature"] == 0.02 and result["image_size"] == 64
     assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_accuracy"] <= 1.0
+    # eval.report computes the same number from the features it already extracted.
+    report_out = tmp_path / "report.json"
+    argv = ["--checkpoints", "random", *TINY_MODEL, *_common(demo_dir, report_out), "--epochs", "1"]
+    assert report.main([*argv, "--memory-size", "16"]) == 0
+    summary = json.loads(report_out.read_text())["models"]["random"]["summary"]
+    assert summary["retrieval_miou"] == pytest.approx(result["miou"])
+    assert "retrieval_miou" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(
