@@ -65,8 +65,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS)
-    g.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES,
-                   help="C5 stride: 16 or 8 dilate the last stages (same weights, 2x or 4x finer maps)")
+    g.add_argument(
+        "--output-stride",
+        type=int,
+        default=32,
+        choices=OUTPUT_STRIDES,
+        help="C5 stride: 16 or 8 dilate the last stages (same weights, 2x or 4x finer maps)",
+    )
     g.add_argument("--dim-hidden", type=int, default=4096)
     g.add_argument("--dim-out", type=int, default=256)
     g.add_argument("--num-prototypes", type=int, default=256)
@@ -84,16 +89,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-multiplier", type=int, default=100, help="warm-up starts at lr / this")
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on for CUDA, off on CPU)")
-    g.add_argument("--amp-dtype", default="bfloat16", choices=["float16", "bfloat16"],
-                   help="autocast dtype with --fp16; float16 adds a GradScaler as the reference does")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format for the networks (default: on for CUDA, off on CPU)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the backbones, projectors and (on a GPU) the photometric augmentation")
-    g.add_argument("--pack-slot-queries", action="store_true",
-                   help="run the slot predictor on the valid slots only: same loss, fewer FLOPs, one host sync")
+    g.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (default: on for CUDA, off on CPU)",
+    )
+    g.add_argument(
+        "--amp-dtype",
+        default="bfloat16",
+        choices=["float16", "bfloat16"],
+        help="autocast dtype with --fp16; float16 adds a GradScaler as the reference does",
+    )
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format for the networks (default: on for CUDA, off on CPU)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbones, projectors and (on a GPU) the photometric augmentation",
+    )
+    g.add_argument(
+        "--pack-slot-queries",
+        action="store_true",
+        help="run the slot predictor on the valid slots only: same loss, fewer FLOPs, one host sync",
+    )
     g.add_argument("--start-epoch", type=int, default=1)
     g.add_argument("--epochs", type=int, default=800)
 
@@ -101,24 +124,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default="./output")
     g.add_argument("--auto-resume", action="store_true", help="resume from OUTPUT_DIR/current.pth if it exists")
     g.add_argument("--resume", default="", help="checkpoint to resume from")
-    g.add_argument("--accept-data-change", action="store_true",
-                   help="resume although the number of images (or iterations per epoch) differs from the "
-                        "checkpoint's: finished epochs stay finished, the rest run on the new data")
+    g.add_argument(
+        "--accept-data-change",
+        action="store_true",
+        help="resume although the number of images (or iterations per epoch) differs from the "
+        "checkpoint's: finished epochs stay finished, the rest run on the new data",
+    )
     g.add_argument("--print-freq", type=int, default=10)
     g.add_argument("--save-freq", type=int, default=50, help="keep ckpt_epoch_E.pth every this many epochs")
-    g.add_argument("--save-every-minutes", type=float, default=5.0,
-                   help="also refresh current.pth mid-epoch this often (0: only at epoch ends)")
+    g.add_argument(
+        "--save-every-minutes",
+        type=float,
+        default=5.0,
+        help="also refresh current.pth mid-epoch this often (0: only at epoch ends)",
+    )
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N epoch checkpoints (0: all)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--num-workers", type=int, default=8, help="data loading processes per GPU")
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    g.add_argument("--max-bad-image-fraction", type=float, default=0.01,
-                   help="stop when more than this fraction of images read so far was unreadable")
-    g.add_argument("--max-nonfinite-steps", type=int, default=10,
-                   help="stop after this many consecutive steps with a non-finite loss or update")
+    g.add_argument(
+        "--max-bad-image-fraction",
+        type=float,
+        default=0.01,
+        help="stop when more than this fraction of images read so far was unreadable",
+    )
+    g.add_argument(
+        "--max-nonfinite-steps",
+        type=int,
+        default=10,
+        help="stop after this many consecutive steps with a non-finite loss or update",
+    )
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--tb-image-freq", type=int, default=1,
-                   help="log the teacher's prototype maps of 8 fixed images every N epochs (0: never)")
+    g.add_argument(
+        "--tb-image-freq",
+        type=int,
+        default=1,
+        help="log the teacher's prototype maps of 8 fixed images every N epochs (0: never)",
+    )
     g.add_argument("--eval-data", default=None, help="demo scenes root: score unsupervised segmentation online")
     g.add_argument("--eval-freq", type=int, default=5, help="with --eval-data, evaluate every N epochs")
     # Fault injection for the tests, at these iterations: a NaN loss; an infinite learning rate (a finite loss
@@ -130,14 +172,30 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # Each flag's allowed values: (flags, test, what the message says they must be).
 FLAG_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
-    (("batch_size", "dim_hidden", "dim_out", "num_prototypes", "epochs", "start_epoch", "save_freq", "print_freq",
-      "warmup_multiplier", "max_nonfinite_steps"), lambda v: v >= 1, "an integer >= 1"),
-    (("num_workers", "warmup_epoch", "keep_last", "tb_image_freq", "eval_freq"), lambda v: v >= 0,
-     "an integer >= 0"),
+    (
+        (
+            "batch_size",
+            "dim_hidden",
+            "dim_out",
+            "num_prototypes",
+            "epochs",
+            "start_epoch",
+            "save_freq",
+            "print_freq",
+            "warmup_multiplier",
+            "max_nonfinite_steps",
+        ),
+        lambda v: v >= 1,
+        "an integer >= 1",
+    ),
+    (("num_workers", "warmup_epoch", "keep_last", "tb_image_freq", "eval_freq"), lambda v: v >= 0, "an integer >= 0"),
     (("base_lr", "teacher_temp", "student_temp"), lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     (("weight_decay", "save_every_minutes"), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    (("teacher_momentum", "center_momentum", "momentum", "group_loss_weight", "max_bad_image_fraction"),
-     lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (
+        ("teacher_momentum", "center_momentum", "momentum", "group_loss_weight", "max_bad_image_fraction"),
+        lambda v: 0 <= v <= 1,
+        "in [0, 1]",
+    ),
     (("min_scale",), lambda v: 0 < v <= 1, "in (0, 1]"),
     (("seed",), lambda v: v is None or 0 <= v < 2**32, "in [0, 2**32)"),
 ]
@@ -145,13 +203,18 @@ FLAG_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
 
 def flag_problems(args: argparse.Namespace, world_size: int) -> list[str]:
     """One line for every flag whose value cannot work (empty if all can)."""
-    problems = [f"--{name.replace('_', '-')} {getattr(args, name)}: must be {expected}"
-                for names, ok, expected in FLAG_RULES for name in names if not ok(getattr(args, name))]
+    problems = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}: must be {expected}"
+        for names, ok, expected in FLAG_RULES
+        for name in names
+        if not ok(getattr(args, name))
+    ]
     if args.batch_size >= 1 and args.batch_size % world_size:
         problems.append(f"--batch-size {args.batch_size} is not divisible by the {world_size} processes")
     if args.image_size % args.output_stride or args.image_size < 32:
-        problems.append(f"--image-size {args.image_size} must be a multiple of --output-stride {args.output_stride} "
-                        "and at least 32")
+        problems.append(
+            f"--image-size {args.image_size} must be a multiple of --output-stride {args.output_stride} and at least 32"
+        )
     if math.isfinite(args.base_lr) and not scaled_lr(args) < torch.finfo(torch.float32).max:
         problems.append(f"--base-lr {args.base_lr}: the learning rate for batch {args.batch_size} overflows float32")
     if args.device is not None:
@@ -242,11 +305,20 @@ def main(args: argparse.Namespace) -> None:
     # More loader processes than CPUs only slow a laptop down (the reference's default is 8 per GPU).
     workers = min(args.num_workers, len(os.sched_getaffinity(0)))
     if workers < args.num_workers and info.is_main:
-        logger.info("--num-workers %d: this process may use %d CPUs, so %d loader workers", args.num_workers,
-                    workers, workers)
-    loader = DataLoader(dataset, batch_size=args.batch_size_per_gpu, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate_two_views,
-                        persistent_workers=workers > 0, worker_init_fn=PreemptionFlag.ignore_in_loader_worker)
+        logger.info(
+            "--num-workers %d: this process may use %d CPUs, so %d loader workers", args.num_workers, workers, workers
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size_per_gpu,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_two_views,
+        persistent_workers=workers > 0,
+        worker_init_fn=PreemptionFlag.ignore_in_loader_worker,
+    )
     augment = BatchAugment(device, seed, compile=args.compile)
     iters_per_epoch = sampler.batches_per_epoch
 
@@ -268,15 +340,21 @@ def main(args: argparse.Namespace) -> None:
 
     if info.is_main:
         logger.info("args: %s", json.dumps(vars(args), sort_keys=True))
-        logger.info("%d images, %d iterations per epoch, %d in total; lr %.4g", len(files), iters_per_epoch,
-                    len(trainer.lr_schedule), scaled_lr(args))
+        logger.info(
+            "%d images, %d iterations per epoch, %d in total; lr %.4g",
+            len(files),
+            iters_per_epoch,
+            len(trainer.lr_schedule),
+            scaled_lr(args),
+        )
         (Path(args.output_dir) / "config.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
     writer = make_writer(args, info)
     monitor = None
     if info.is_main:  # pictures need TensorBoard; the online evaluation runs without it and goes to the log
         try:
-            monitor = Monitor(writer, files, args.image_size, device, args.tb_image_freq, args.eval_data,
-                              args.eval_freq)
+            monitor = Monitor(
+                writer, files, args.image_size, device, args.tb_image_freq, args.eval_data, args.eval_freq
+            )
         except ValueError as e:  # --eval-data that holds no readable demo scenes
             raise SystemExit(f"--eval-data: {e}") from None
     saver = Saver(args, info, trainer, iters_per_epoch, logger, resumed_from)
@@ -287,14 +365,21 @@ def main(args: argparse.Namespace) -> None:
 
     start_epoch = completed_epochs + 1
     if start_epoch > args.epochs and info.is_main:
-        logger.info("the checkpoint has finished all %d epochs: nothing to train (raise --epochs to continue, "
-                    "or use a new --output-dir to start over)", args.epochs)
+        logger.info(
+            "the checkpoint has finished all %d epochs: nothing to train (raise --epochs to continue, "
+            "or use a new --output-dir to start over)",
+            args.epochs,
+        )
     for epoch in range(start_epoch, args.epochs + 1):
         sampler.set_epoch(epoch, start_batch=state.iteration - (epoch - 1) * iters_per_epoch)
         if train_one_epoch(trainer, loader, augment, epoch, state, log, saver, preempted):
             saver.save(epoch - 1, state.iteration)
-            logger.info("preempted: saved %s at iteration %d; exiting with code %d",
-                        saver.current, state.iteration, EXIT_PREEMPTED)
+            logger.info(
+                "preempted: saved %s at iteration %d; exiting with code %d",
+                saver.current,
+                state.iteration,
+                EXIT_PREEMPTED,
+            )
             finish(writer)
             sys.exit(EXIT_PREEMPTED)
         saver.save(epoch, state.iteration, keep_epoch_file=epoch % args.save_freq == 0 or epoch == args.epochs)
@@ -322,11 +407,18 @@ def scaled_lr(args: argparse.Namespace) -> float:
 
 def build_model(args: argparse.Namespace, device: torch.device) -> SlotCon:
     """The SlotCon of ``args`` on ``device`` (in its memory format, compiled with ``--compile``)."""
-    model = SlotCon(arch=args.arch, dim_hidden=args.dim_hidden, dim_out=args.dim_out,
-                    num_prototypes=args.num_prototypes, teacher_temp=args.teacher_temp,
-                    student_temp=args.student_temp, center_momentum=args.center_momentum,
-                    group_loss_weight=args.group_loss_weight, pack_slot_queries=args.pack_slot_queries,
-                    output_stride=args.output_stride).to(device)
+    model = SlotCon(
+        arch=args.arch,
+        dim_hidden=args.dim_hidden,
+        dim_out=args.dim_out,
+        num_prototypes=args.num_prototypes,
+        teacher_temp=args.teacher_temp,
+        student_temp=args.student_temp,
+        center_momentum=args.center_momentum,
+        group_loss_weight=args.group_loss_weight,
+        pack_slot_queries=args.pack_slot_queries,
+        output_stride=args.output_stride,
+    ).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
@@ -340,8 +432,9 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
     model: nn.Module = slotcon
     if info.distributed:
         convert_to_sync_batchnorm(slotcon, use_torch_sync=info.device.type == "cuda")
-        model = DistributedDataParallel(slotcon, device_ids=[info.device] if info.device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+        model = DistributedDataParallel(
+            slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, broadcast_buffers=False
+        )
     lr = scaled_lr(args)
     params = [p for p in slotcon.parameters() if p.requires_grad]
     if args.optimizer == "lars":
@@ -350,11 +443,16 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
         optimizer = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     amp_dtype = (torch.float16 if args.amp_dtype == "float16" else torch.bfloat16) if args.fp16 else None
     return Trainer(
-        model, slotcon, optimizer,
+        model,
+        slotcon,
+        optimizer,
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
         lr_schedule=warmup_cosine_lr(lr, args.epochs, iters_per_epoch, args.warmup_epoch, args.warmup_multiplier),
         momentum_schedule=teacher_momentum(args.teacher_momentum, args.epochs * iters_per_epoch),
-        amp_dtype=amp_dtype, nan_loss_at=args.inject_nan_at, inf_lr_at=args.inject_inf_lr_at)
+        amp_dtype=amp_dtype,
+        nan_loss_at=args.inject_nan_at,
+        inf_lr_at=args.inject_inf_lr_at,
+    )
 
 
 class StepSnapshot:
@@ -395,8 +493,10 @@ class StepSnapshot:
             self.copies = [t.detach().clone() for t in live]
         else:
             torch._foreach_copy_(self.copies, live)
-        self.plain_state = {i: {k: v for k, v in self.optimizer.state.get(p, {}).items() if not isinstance(v, Tensor)}
-                            for i, p in enumerate(self.params)}
+        self.plain_state = {
+            i: {k: v for k, v in self.optimizer.state.get(p, {}).items() if not isinstance(v, Tensor)}
+            for i, p in enumerate(self.params)
+        }
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -437,9 +537,18 @@ class Trainer:
     """The networks, optimizer and schedules of a run, and ``step``: one training iteration, the one code path
     that trains (``bench/benchmark.py`` times this same step)."""
 
-    def __init__(self, model: nn.Module, slotcon: SlotCon, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, lr_schedule: np.ndarray, momentum_schedule: np.ndarray,
-                 amp_dtype: torch.dtype | None, nan_loss_at: Iterable[int] = (), inf_lr_at: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        slotcon: SlotCon,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        lr_schedule: np.ndarray,
+        momentum_schedule: np.ndarray,
+        amp_dtype: torch.dtype | None,
+        nan_loss_at: Iterable[int] = (),
+        inf_lr_at: Iterable[int] = (),
+    ) -> None:
         self.model = model  # what runs the forward pass: the DDP wrapper under torchrun
         self.slotcon = slotcon  # the bare model: teacher, centre, state_dict
         self.optimizer, self.scaler = optimizer, scaler
@@ -449,8 +558,14 @@ class Trainer:
         self.snapshot = StepSnapshot(slotcon, optimizer)
         self.nan_loss_at, self.inf_lr_at = set(nan_loss_at), set(inf_lr_at)
 
-    def step(self, crops: list[Tensor], boxes: list[Tensor], flipped: list[Tensor], iteration: int,
-             host_counts: Sequence[float] = ()) -> StepResult:
+    def step(
+        self,
+        crops: list[Tensor],
+        boxes: list[Tensor],
+        flipped: list[Tensor],
+        iteration: int,
+        host_counts: Sequence[float] = (),
+    ) -> StepResult:
         """Forward, backward, optimizer step, then the teacher's average with the next iteration's momentum.
 
         A step whose loss, or whose update of any parameter, optimizer state tensor, centre or BatchNorm
@@ -503,9 +618,11 @@ class LoopState:
         self.images_read += self.batch_size + skipped
         self.images_skipped += skipped
         if self.images_skipped > self.max_bad_image_fraction * max(self.images_read, 1000):
-            raise SystemExit(f"{self.images_skipped} of {self.images_read} images were unreadable "
-                             f"(> {self.max_bad_image_fraction:.1%}); check --data-dir {self.data_dir} "
-                             f"and the log for their paths")
+            raise SystemExit(
+                f"{self.images_skipped} of {self.images_read} images were unreadable "
+                f"(> {self.max_bad_image_fraction:.1%}); check --data-dir {self.data_dir} "
+                f"and the log for their paths"
+            )
 
     def count_step(self, result: StepResult, logger, saver: Saver) -> None:
         if result.finite:
@@ -513,12 +630,18 @@ class LoopState:
             return
         self.nonfinite_in_a_row += 1
         what = "loss" if not result.loss_finite else "update (the loss was finite)"
-        logger.warning("iteration %d: non-finite %s; the step was undone: weights, optimizer, teacher, centre "
-                       "and BN statistics are as before it (%d in a row)", self.iteration, what,
-                       self.nonfinite_in_a_row)
+        logger.warning(
+            "iteration %d: non-finite %s; the step was undone: weights, optimizer, teacher, centre "
+            "and BN statistics are as before it (%d in a row)",
+            self.iteration,
+            what,
+            self.nonfinite_in_a_row,
+        )
         if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise SystemExit(f"{self.nonfinite_in_a_row} non-finite steps in a row at iteration {self.iteration}; "
-                             f"stopping. {saver.last_good_note()}")
+            raise SystemExit(
+                f"{self.nonfinite_in_a_row} non-finite steps in a row at iteration {self.iteration}; "
+                f"stopping. {saver.last_good_note()}"
+            )
 
 
 def readable_batches(loader: DataLoader, data_dir: str) -> Iterator[dict]:
@@ -530,8 +653,16 @@ def readable_batches(loader: DataLoader, data_dir: str) -> Iterator[dict]:
         raise SystemExit(f"--data-dir {data_dir}: {message}; are the files below it images?") from None
 
 
-def train_one_epoch(trainer: Trainer, loader: DataLoader, augment: BatchAugment, epoch: int, state: LoopState,
-                    log: TrainLog, saver: Saver, preempted: PreemptionFlag) -> bool:
+def train_one_epoch(
+    trainer: Trainer,
+    loader: DataLoader,
+    augment: BatchAugment,
+    epoch: int,
+    state: LoopState,
+    log: TrainLog,
+    saver: Saver,
+    preempted: PreemptionFlag,
+) -> bool:
     """One epoch (from where a resume left off). Returns True if stopped by a preemption signal."""
     trainer.model.train()
     device = trainer.device
@@ -541,8 +672,13 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, augment: BatchAugment,
         boxes = [b.to(device, non_blocking=True) for b in batch["boxes"]]
         flipped = [f.to(device, non_blocking=True) for f in batch["flipped"]]
         # Ranks must agree on stopping and saving (a save is a collective): the flags ride in the step's all-reduce.
-        result = trainer.step(crops, boxes, flipped, state.iteration,
-                              host_counts=[float(preempted.raised), float(len(batch["skipped"])), float(saver.due())])
+        result = trainer.step(
+            crops,
+            boxes,
+            flipped,
+            state.iteration,
+            host_counts=[float(preempted.raised), float(len(batch["skipped"])), float(saver.due())],
+        )
         stop_signal, skipped, save_due = result.sums
         if batch["skipped"]:
             log.logger.warning("unreadable images skipped: %s", ", ".join(batch["skipped"]))
@@ -561,8 +697,9 @@ class TrainLog:
     """Running means of the losses, written every ``--print-freq`` steps and at epoch ends to the log,
     ``metrics.jsonl`` (rank 0) and TensorBoard (when on)."""
 
-    def __init__(self, args: argparse.Namespace, info: DistInfo, trainer: Trainer, iters_per_epoch: int, logger,
-                 writer) -> None:
+    def __init__(
+        self, args: argparse.Namespace, info: DistInfo, trainer: Trainer, iters_per_epoch: int, logger, writer
+    ) -> None:
         self.logger, self.writer, self.trainer = logger, writer, trainer
         self.batch_size, self.epochs, self.print_freq = args.batch_size, args.epochs, args.print_freq
         self.iters_per_epoch = iters_per_epoch
@@ -586,13 +723,33 @@ class TrainLog:
         imgs_per_s = self.window_iters * self.batch_size / max(elapsed, 1e-9)
         eta = (len(self.trainer.lr_schedule) - iteration - 1) * elapsed / self.window_iters
         memory_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-        self.logger.info("Train: [%d/%d][%d/%d] eta %s lr %.6f momentum %.6f loss %.4f (group %.4f slot %.4f) "
-                         "active %.1f img/s %.1f mem %.1fG", epoch, self.epochs, batch_index + 1,
-                         self.iters_per_epoch, datetime.timedelta(seconds=int(eta)), lr, momentum, values["loss"],
-                         values["loss_group"], values["loss_slot"], values["active_slots"], imgs_per_s, memory_gib)
+        self.logger.info(
+            "Train: [%d/%d][%d/%d] eta %s lr %.6f momentum %.6f loss %.4f (group %.4f slot %.4f) "
+            "active %.1f img/s %.1f mem %.1fG",
+            epoch,
+            self.epochs,
+            batch_index + 1,
+            self.iters_per_epoch,
+            datetime.timedelta(seconds=int(eta)),
+            lr,
+            momentum,
+            values["loss"],
+            values["loss_group"],
+            values["loss_slot"],
+            values["active_slots"],
+            imgs_per_s,
+            memory_gib,
+        )
         if self.metrics_file is not None:
-            record = {"iteration": iteration, "epoch": epoch, "lr": lr, "momentum": momentum,
-                      "img_per_s": imgs_per_s, "max_memory_gib": memory_gib, **values}
+            record = {
+                "iteration": iteration,
+                "epoch": epoch,
+                "lr": lr,
+                "momentum": momentum,
+                "img_per_s": imgs_per_s,
+                "max_memory_gib": memory_gib,
+                **values,
+            }
             try:
                 with open(self.metrics_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -614,8 +771,15 @@ class Saver:
     A checkpoint that would hold a non-finite tensor is not written: the previous file stays, and the log says so.
     """
 
-    def __init__(self, args: argparse.Namespace, info: DistInfo, trainer: Trainer, iters_per_epoch: int, logger,
-                 resumed_from: Path | None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        info: DistInfo,
+        trainer: Trainer,
+        iters_per_epoch: int,
+        logger,
+        resumed_from: Path | None,
+    ) -> None:
         self.args, self.info, self.trainer, self.logger = args, info, trainer, logger
         self.iters_per_epoch = iters_per_epoch
         self.output = Path(args.output_dir)
@@ -656,8 +820,13 @@ class Saver:
         checkpoint = self.checkpoint(completed_epoch, iteration)
         poisoned = nonfinite_tensors(checkpoint)
         if poisoned:
-            self.logger.error("not saving iteration %d: %d tensors hold NaN or infinity (the first: %s); %s",
-                              iteration, len(poisoned), poisoned[0], self.last_good_note())
+            self.logger.error(
+                "not saving iteration %d: %d tensors hold NaN or infinity (the first: %s); %s",
+                iteration,
+                len(poisoned),
+                poisoned[0],
+                self.last_good_note(),
+            )
             return
         save_atomic(checkpoint, self.current)
         self.last_good = f"{self.current} (iteration {iteration}, {completed_epoch} epochs done)"
@@ -692,15 +861,18 @@ def restore(path, trainer: Trainer, args: argparse.Namespace, iters_per_epoch: i
         saved = checkpoint.get("args", {})
         for key in ("arch", "dim_hidden", "dim_out", "num_prototypes", "output_stride"):
             if key in saved and saved[key] != getattr(args, key):
-                raise CheckpointError(f"it was trained with --{key.replace('_', '-')} {saved[key]}, "
-                                      f"this run has {getattr(args, key)}")
+                raise CheckpointError(
+                    f"it was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}"
+                )
         poisoned = nonfinite_tensors({k: checkpoint.get(k) for k in ("model", "optimizer")})
         if poisoned:
             raise CheckpointError(f"{len(poisoned)} of its tensors hold NaN or infinity (the first: {poisoned[0]})")
         missing, unexpected = trainer.slotcon.load_state_dict(model_state_dict(checkpoint), strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"weights do not match the model ({len(missing)} missing, "
-                                  f"{len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]})")
+            raise CheckpointError(
+                f"weights do not match the model ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]})"
+            )
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
         trainer.scaler.load_state_dict(checkpoint["scaler"])
         iteration, completed = int(checkpoint["scheduler"]["iteration"]), int(checkpoint["epoch"])
@@ -709,14 +881,24 @@ def restore(path, trainer: Trainer, args: argparse.Namespace, iters_per_epoch: i
     except (CheckpointError, KeyError, ValueError, RuntimeError) as e:
         raise SystemExit(f"cannot resume from {path}: {str(e).splitlines()[0]}") from None
     if (saved_images, saved_iters) != (args.num_instances, iters_per_epoch):
-        change = (f"its epochs were {saved_iters} iterations over {saved_images} images, this run's are "
-                  f"{iters_per_epoch} over {args.num_instances}")
+        change = (
+            f"its epochs were {saved_iters} iterations over {saved_images} images, this run's are "
+            f"{iters_per_epoch} over {args.num_instances}"
+        )
         if not args.accept_data_change:
-            raise SystemExit(f"cannot resume from {path}: {change}. Pass --accept-data-change to continue on the "
-                             "new data (finished epochs stay finished), or point --data-dir at the old data")
+            raise SystemExit(
+                f"cannot resume from {path}: {change}. Pass --accept-data-change to continue on the "
+                "new data (finished epochs stay finished), or point --data-dir at the old data"
+            )
         new_iteration = rescale_iteration(iteration, completed, saved_iters, iters_per_epoch)
-        logger.warning("%s; --accept-data-change: %d epochs stay done, iteration %d becomes %d (the same point of "
-                       "the epoch and of the schedules)", change, completed, iteration, new_iteration)
+        logger.warning(
+            "%s; --accept-data-change: %d epochs stay done, iteration %d becomes %d (the same point of "
+            "the epoch and of the schedules)",
+            change,
+            completed,
+            iteration,
+            new_iteration,
+        )
         iteration = new_iteration
     logger.info("resumed from %s: %d epochs done, continuing at iteration %d", path, completed, iteration)
     return iteration, completed

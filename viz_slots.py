@@ -61,19 +61,31 @@ SIZE_FLAGS = ("arch", "dim_hidden", "dim_out", "num_prototypes")
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", "--model_path", default="output/slotcon_coco_r50_800ep/ckpt_epoch_800.pth",
-                   help="a full SlotCon checkpoint (ours or official)")
+    p.add_argument(
+        "--model-path",
+        "--model_path",
+        default="output/slotcon_coco_r50_800ep/ckpt_epoch_800.pth",
+        help="a full SlotCon checkpoint (ours or official)",
+    )
     p.add_argument("--student", action="store_true", help="use the student network instead of the teacher")
-    p.add_argument("--dataset", default="COCOval", choices=DATASETS,
-                   help="COCOval: DATA_DIR/val2017; demo: DATA_DIR/eval/images; folder: every image below DATA_DIR; "
-                        "COCO, COCOplus, ImageNet: the pretraining layouts")
+    p.add_argument(
+        "--dataset",
+        default="COCOval",
+        choices=DATASETS,
+        help="COCOval: DATA_DIR/val2017; demo: DATA_DIR/eval/images; folder: every image below DATA_DIR; "
+        "COCO, COCOplus, ImageNet: the pretraining layouts",
+    )
     p.add_argument("--data-dir", "--data_dir", default="./datasets/coco")
     p.add_argument("--mode", default="nn", choices=["nn", "assign"])
     p.add_argument("--topk", type=int, default=5, help="images per prototype (nn)")
     p.add_argument("--sampling", type=int, default=0, help="draw this many distinct prototypes at random (nn)")
     p.add_argument("--idxs", nargs="+", default=[], help="prototype indices, as 3,17,42 or 3 17 42 (nn)")
-    p.add_argument("--top-prototypes", type=int, default=0,
-                   help="the N prototypes that win the most pixels over the searched images (nn)")
+    p.add_argument(
+        "--top-prototypes",
+        type=int,
+        default=0,
+        help="the N prototypes that win the most pixels over the searched images (nn)",
+    )
     p.add_argument("--num-images", type=int, default=6, help="images to draw (assign)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sampling and of the images picked by assign")
     p.add_argument("--image-size", type=int, default=224, help="centre crop size")
@@ -103,8 +115,15 @@ def parse_idxs(values: list[str]) -> list[int]:
 
 def check_args(args: argparse.Namespace) -> None:
     """One line per bad flag, before any work."""
-    positive = {"topk": args.topk, "num_images": args.num_images, "batch_size": args.batch_size, "dpi": args.dpi,
-                "dim_hidden": args.dim_hidden, "dim_out": args.dim_out, "num_prototypes": args.num_prototypes}
+    positive = {
+        "topk": args.topk,
+        "num_images": args.num_images,
+        "batch_size": args.batch_size,
+        "dpi": args.dpi,
+        "dim_hidden": args.dim_hidden,
+        "dim_out": args.dim_out,
+        "num_prototypes": args.num_prototypes,
+    }
     for name, value in positive.items():
         if value is not None and value < 1:
             raise SystemExit(f"{PROG}: --{name.replace('_', '-')} must be at least 1, got {value}")
@@ -164,11 +183,16 @@ def _collate(samples: list[tuple[int, np.ndarray | None, str]]) -> tuple[np.ndar
     return np.array(indices, dtype=np.int64), np.stack(crops), errors
 
 
-def crop_batches(paths: np.ndarray, args: argparse.Namespace, skipped: list[str]) -> Iterator[tuple[np.ndarray,
-                                                                                                   np.ndarray]]:
+def crop_batches(
+    paths: np.ndarray, args: argparse.Namespace, skipped: list[str]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices into ``paths``, uint8 crops [B, S, S, 3]) in path order; unreadable paths go to ``skipped``."""
-    loader = DataLoader(CenterCrops(paths, args.image_size, resize_of(args)), batch_size=args.batch_size,
-                        num_workers=args.workers, collate_fn=_collate)
+    loader = DataLoader(
+        CenterCrops(paths, args.image_size, resize_of(args)),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        collate_fn=_collate,
+    )
     for indices, crops, errors in loader:
         for error in errors:
             print(f"{PROG}: skipping {error}", file=sys.stderr)
@@ -203,8 +227,13 @@ class Search:
 
 
 @torch.no_grad()
-def search(teacher: SlotConTeacher, batches: Iterator[tuple[np.ndarray, np.ndarray]], topk: int,
-           device: torch.device, count_pixels: bool = False) -> Search:
+def search(
+    teacher: SlotConTeacher,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    topk: int,
+    device: torch.device,
+    count_pixels: bool = False,
+) -> Search:
     """Stream ``batches``, keeping the best ``topk`` images per prototype (memory independent of their number)."""
     num_prototypes = teacher.grouping_k.num_prototypes
     top_scores = torch.empty(num_prototypes, 0)
@@ -254,8 +283,14 @@ def assignments_of(teacher: SlotConTeacher, crops: np.ndarray, device: torch.dev
     return pixel_assignments(teacher(normalize(crops, device)), crops.shape[1:3]).cpu().numpy()
 
 
-def draw_nearest(teacher: SlotConTeacher, paths: np.ndarray, found: Search, prototypes: list[int],
-                 args: argparse.Namespace, device: torch.device) -> Picture:
+def draw_nearest(
+    teacher: SlotConTeacher,
+    paths: np.ndarray,
+    found: Search,
+    prototypes: list[int],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> Picture:
     """Column c: prototype ``prototypes[c]``; row r: its r-th best image, the pixels it wins tinted red."""
     rows = found.top_images.shape[1]
     wanted: dict[int, list[tuple[int, int, int]]] = {}  # image -> the (row, col, prototype) cells it fills
@@ -265,7 +300,7 @@ def draw_nearest(teacher: SlotConTeacher, paths: np.ndarray, found: Search, prot
     cells: list[list[np.ndarray]] = [[None] * len(prototypes) for _ in range(rows)]  # type: ignore[list-item]
     order = sorted(wanted)
     for start in range(0, len(order), args.batch_size):
-        chunk = order[start:start + args.batch_size]
+        chunk = order[start : start + args.batch_size]
         crops = np.stack([read_center_crop(paths[n], args.image_size, resize_of(args)) for n in chunk])
         for n, crop, labels in zip(chunk, crops, assignments_of(teacher, crops, device), strict=True):
             for row, col, k in wanted[n]:
@@ -302,22 +337,22 @@ def pick_images(paths: np.ndarray, args: argparse.Namespace, skipped: list[str])
     return order, np.stack([picked[n] for n in order]) if order else np.zeros(0, dtype=np.uint8)
 
 
-def draw_assignments(teacher: SlotConTeacher, crops: np.ndarray, args: argparse.Namespace,
-                     device: torch.device) -> Picture:
+def draw_assignments(
+    teacher: SlotConTeacher, crops: np.ndarray, args: argparse.Namespace, device: torch.device
+) -> Picture:
     """Row per image: the image | its prototype map; captioned with the prototypes that win the most pixels."""
     num_prototypes = teacher.grouping_k.num_prototypes
     palette = prototype_palette(num_prototypes)
     side = 2 * args.dpi
     cells, captions = [], []
     for start in range(0, len(crops), args.batch_size):
-        batch = crops[start:start + args.batch_size]
+        batch = crops[start : start + args.batch_size]
         for crop, labels in zip(batch, assignments_of(teacher, batch, device), strict=True):
             shares = prototype_shares(labels, num_prototypes)
             cells.append([to_cell(crop, side), to_cell(assignment_overlay(crop, labels, palette), side)])
             counted = f"{len(shares)} prototype{'s' if len(shares) > 1 else ''}:"
             captions.append([counted, *((tuple(palette[k]), f"#{k}: {share:.0%}") for k, share in shares[:3])])
-    return compose_grid(cells, column_titles=["image", "prototypes"], row_captions=captions,
-                        font_size=font_size(args))
+    return compose_grid(cells, column_titles=["image", "prototypes"], row_captions=captions, font_size=font_size(args))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,8 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     skipped: list[str] = []
     try:
         if args.mode == "nn":
-            found = search(teacher, crop_batches(paths, args, skipped), args.topk, device,
-                           count_pixels=bool(args.top_prototypes))
+            found = search(
+                teacher, crop_batches(paths, args, skipped), args.topk, device, count_pixels=bool(args.top_prototypes)
+            )
             if found.num_images == 0:
                 raise SystemExit(f"{PROG}: none of the {len(paths)} images in {args.data_dir} is readable")
             prototypes = choose_prototypes(args, teacher.grouping_k.num_prototypes, found.pixel_wins)

@@ -62,8 +62,12 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dim-hidden", type=int, default=1024)
     p.add_argument("--num-prototypes", type=int, default=64)
-    p.add_argument("--amp-dtype", default="auto", choices=["auto", "bfloat16", "float16", "none"],
-                   help="auto: bfloat16 on CUDA, none on CPU")
+    p.add_argument(
+        "--amp-dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "none"],
+        help="auto: bfloat16 on CUDA, none on CPU",
+    )
     p.add_argument("--no-channels-last", action="store_true", help="NCHW on CUDA too (CPU runs NCHW anyway)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--pack-slot-queries", action="store_true")
@@ -74,11 +78,19 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--e2e-epochs", type=int, default=1)
     p.add_argument("--output", default=None, help="append the JSON lines to this file too")
-    p.add_argument("--tflops", type=float, default=989.0,
-                   help="flops mode: sustained TFLOP/s for the implied img/s (default: H200 dense bf16 peak)")
-    p.add_argument("--supervised-img-per-s", type=float, default=4687.0,
-                   help="flops mode: a measured supervised-classifier rate to convert into achieved TFLOP/s "
-                        "(default: torchvision resnet50, batch 256, one H200)")
+    p.add_argument(
+        "--tflops",
+        type=float,
+        default=989.0,
+        help="flops mode: sustained TFLOP/s for the implied img/s (default: H200 dense bf16 peak)",
+    )
+    p.add_argument(
+        "--supervised-img-per-s",
+        type=float,
+        default=4687.0,
+        help="flops mode: a measured supervised-classifier rate to convert into achieved TFLOP/s "
+        "(default: torchvision resnet50, batch 256, one H200)",
+    )
     return p.parse_args()
 
 
@@ -103,10 +115,17 @@ def synchronize(device: torch.device) -> None:
 
 
 def config(args: argparse.Namespace) -> dict:
-    return {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-            "dim_hidden": args.dim_hidden, "num_prototypes": args.num_prototypes, "amp": amp_dtype(args),
-            "channels_last": pretrain_args(args).channels_last, "compile": args.compile,
-            "pack_slot_queries": args.pack_slot_queries}
+    return {
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "dim_hidden": args.dim_hidden,
+        "num_prototypes": args.num_prototypes,
+        "amp": amp_dtype(args),
+        "channels_last": pretrain_args(args).channels_last,
+        "compile": args.compile,
+        "pack_slot_queries": args.pack_slot_queries,
+    }
 
 
 def amp_dtype(args: argparse.Namespace) -> str:
@@ -117,9 +136,26 @@ def amp_dtype(args: argparse.Namespace) -> str:
 
 def pretrain_args(args: argparse.Namespace, **overrides) -> argparse.Namespace:
     """``main_pretrain.py``'s arguments for this benchmark's settings (its defaults for everything else)."""
-    flags = ["--arch", args.arch, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-             "--dim-hidden", str(args.dim_hidden), "--num-prototypes", str(args.num_prototypes),
-             "--optimizer", "lars", "--epochs", "1", "--warmup-epoch", "0", "--device", args.device]
+    flags = [
+        "--arch",
+        args.arch,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--dim-hidden",
+        str(args.dim_hidden),
+        "--num-prototypes",
+        str(args.num_prototypes),
+        "--optimizer",
+        "lars",
+        "--epochs",
+        "1",
+        "--warmup-epoch",
+        "0",
+        "--device",
+        args.device,
+    ]
     dtype = amp_dtype(args)
     flags += ["--no-fp16"] if dtype == "none" else ["--fp16", "--amp-dtype", dtype]
     flags += ["--no-channels-last"] if args.no_channels_last else []
@@ -165,6 +201,7 @@ def plain_resnet_step(args: argparse.Namespace, device: torch.device):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
     return step
 
 
@@ -221,28 +258,44 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> None:
     snapshot_bytes = sum(t.numel() * t.element_size() for t in trainer.snapshot.copies)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     last = results[-1].losses
-    record = {"mode": "step", **config(args), "threads": torch.get_num_threads(), "rounds": args.steps,
-              "step_s": round(step, 4), "img_per_s": round(args.batch_size / step, 1),
-              "plain_resnet_step_s": round(median("plain", 0), 4),
-              "step_vs_plain_resnet": round(float(np.median(ratios("ours", 0))), 3),
-              "step_vs_plain_resnet_range": [round(min(ratios("ours", 0)), 3), round(max(ratios("ours", 0)), 3)],
-              "undo_snapshot_and_check_s": round(median("guard", 0), 5),
-              "undo_snapshot_vs_step": round(float(np.median([g[0] / o[0] for g, o in zip(
-                  times["guard"], times["ours"], strict=True)])), 4),
-              "undo_snapshot_gib": round(snapshot_bytes / 2**30, 3)}
+    record = {
+        "mode": "step",
+        **config(args),
+        "threads": torch.get_num_threads(),
+        "rounds": args.steps,
+        "step_s": round(step, 4),
+        "img_per_s": round(args.batch_size / step, 1),
+        "plain_resnet_step_s": round(median("plain", 0), 4),
+        "step_vs_plain_resnet": round(float(np.median(ratios("ours", 0))), 3),
+        "step_vs_plain_resnet_range": [round(min(ratios("ours", 0)), 3), round(max(ratios("ours", 0)), 3)],
+        "undo_snapshot_and_check_s": round(median("guard", 0), 5),
+        "undo_snapshot_vs_step": round(
+            float(np.median([g[0] / o[0] for g, o in zip(times["guard"], times["ours"], strict=True)])), 4
+        ),
+        "undo_snapshot_gib": round(snapshot_bytes / 2**30, 3),
+    }
     if device.type == "cpu":
-        record.update({
-            "cpu_step_s": round(median("ours", 1), 4), "cpu_plain_resnet_step_s": round(median("plain", 1), 4),
-            "cpu_step_vs_plain_resnet": round(float(np.median(ratios("ours", 1))), 3),
-            "cpu_step_vs_plain_resnet_range": [round(min(ratios("ours", 1)), 3), round(max(ratios("ours", 1)), 3)],
-            "cpu_undo_snapshot_vs_step": round(float(np.median([g[1] / o[1] for g, o in zip(
-                times["guard"], times["ours"], strict=True)])), 4)})
-    record.update({
-        "nonfinite_steps": sum(not r.finite for r in results),
-        "peak_memory_gib": None if memory is None else round(memory, 2), "loss": last["loss"].item(),
-        "active_slots": round(last["active_slots"].item(), 1),
-        "host_syncs_in_forward": count_host_syncs(lambda: trainer.model(crops, boxes, flipped), trainer, device),
-        "host_syncs_per_step": count_host_syncs(lambda: ours(len(trainer.lr_schedule) - 1), trainer, device)})
+        record.update(
+            {
+                "cpu_step_s": round(median("ours", 1), 4),
+                "cpu_plain_resnet_step_s": round(median("plain", 1), 4),
+                "cpu_step_vs_plain_resnet": round(float(np.median(ratios("ours", 1))), 3),
+                "cpu_step_vs_plain_resnet_range": [round(min(ratios("ours", 1)), 3), round(max(ratios("ours", 1)), 3)],
+                "cpu_undo_snapshot_vs_step": round(
+                    float(np.median([g[1] / o[1] for g, o in zip(times["guard"], times["ours"], strict=True)])), 4
+                ),
+            }
+        )
+    record.update(
+        {
+            "nonfinite_steps": sum(not r.finite for r in results),
+            "peak_memory_gib": None if memory is None else round(memory, 2),
+            "loss": last["loss"].item(),
+            "active_slots": round(last["active_slots"].item(), 1),
+            "host_syncs_in_forward": count_host_syncs(lambda: trainer.model(crops, boxes, flipped), trainer, device),
+            "host_syncs_per_step": count_host_syncs(lambda: ours(len(trainer.lr_schedule) - 1), trainer, device),
+        }
+    )
     emit(record, args)
 
 
@@ -268,8 +321,9 @@ def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
     augment = BatchAugment(device, base_seed=0, compile=args.compile)
     g = torch.Generator().manual_seed(0)
     shape = (args.batch_size, args.image_size, args.image_size, 3)
-    crops = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).to(device).permute(0, 3, 1, 2)
-             for _ in range(2)]
+    crops = [
+        torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).to(device).permute(0, 3, 1, 2) for _ in range(2)
+    ]
     times = []
     for i in range(args.warmup + args.steps):
         synchronize(device)
@@ -280,8 +334,16 @@ def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = float(np.median(times))
-    emit({"mode": "augment", "image_size": args.image_size, "batch_size": args.batch_size,
-          "compile": args.compile and device.type != "cpu", "img_per_s": round(args.batch_size / step, 1)}, args)
+    emit(
+        {
+            "mode": "augment",
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "compile": args.compile and device.type != "cpu",
+            "img_per_s": round(args.batch_size / step, 1),
+        },
+        args,
+    )
 
 
 def _write_photo(path_and_seed: tuple[str, int]) -> None:
@@ -309,9 +371,16 @@ def two_view_loader(args: argparse.Namespace, num_workers: int, pin_memory: bool
     files = list_images("folder", jpeg_folder(args))
     dataset = TwoViewDataset(files, TwoViewCrop(args.image_size, 0.08))
     sampler = ResumableSampler(len(files), args.batch_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=num_workers, collate_fn=collate_two_views,
-                                         pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        collate_fn=collate_two_views,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
     return sampler, loader
 
 
@@ -328,8 +397,16 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> None:
         if images >= args.batch_size * max(args.steps, 2 * args.num_workers):
             break
     rate = images / (time.perf_counter() - start)
-    emit({"mode": "data", "image_size": args.image_size, "num_workers": args.num_workers,
-          "img_per_s": round(rate, 1), "img_per_s_per_worker": round(rate / max(args.num_workers, 1), 1)}, args)
+    emit(
+        {
+            "mode": "data",
+            "image_size": args.image_size,
+            "num_workers": args.num_workers,
+            "img_per_s": round(rate, 1),
+            "img_per_s_per_worker": round(rate / max(args.num_workers, 1), 1),
+        },
+        args,
+    )
 
 
 def bench_pipeline(args: argparse.Namespace, device: torch.device) -> None:
@@ -354,9 +431,16 @@ def bench_pipeline(args: argparse.Namespace, device: torch.device) -> None:
             times["decode_crop"] += loaded - start
             times["photometric"] += time.perf_counter() - loaded
     images = args.batch_size * args.steps
-    emit({"mode": "pipeline", "image_size": args.image_size, "threads": torch.get_num_threads(),
-          "img_per_s": round(images / sum(times.values()), 1),
-          **{f"{part}_img_per_s": round(images / t, 1) for part, t in times.items()}}, args)
+    emit(
+        {
+            "mode": "pipeline",
+            "image_size": args.image_size,
+            "threads": torch.get_num_threads(),
+            "img_per_s": round(images / sum(times.values()), 1),
+            **{f"{part}_img_per_s": round(images / t, 1) for part, t in times.items()},
+        },
+        args,
+    )
 
 
 def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
@@ -364,12 +448,41 @@ def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
     out = Path(tempfile.mkdtemp(prefix="slotcon_e2e_"))
     iters = len(list_images("folder", folder)) // args.batch_size
     print_freq = max(iters // 4, 1)
-    cmd = [sys.executable, str(ROOT / "main_pretrain.py"), "--dataset", "folder", "--data-dir", str(folder),
-           "--output-dir", str(out), "--arch", args.arch, "--image-size", str(args.image_size),
-           "--batch-size", str(args.batch_size), "--dim-hidden", str(args.dim_hidden),
-           "--num-prototypes", str(args.num_prototypes), "--optimizer", "lars", "--epochs", str(args.e2e_epochs),
-           "--warmup-epoch", "0", "--num-workers", str(args.num_workers), "--print-freq", str(print_freq),
-           "--save-every-minutes", "0", "--no-tensorboard", "--device", device.type]
+    cmd = [
+        sys.executable,
+        str(ROOT / "main_pretrain.py"),
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--output-dir",
+        str(out),
+        "--arch",
+        args.arch,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--dim-hidden",
+        str(args.dim_hidden),
+        "--num-prototypes",
+        str(args.num_prototypes),
+        "--optimizer",
+        "lars",
+        "--epochs",
+        str(args.e2e_epochs),
+        "--warmup-epoch",
+        "0",
+        "--num-workers",
+        str(args.num_workers),
+        "--print-freq",
+        str(print_freq),
+        "--save-every-minutes",
+        "0",
+        "--no-tensorboard",
+        "--device",
+        device.type,
+    ]
     dtype = amp_dtype(args)
     cmd += ["--no-fp16"] if dtype == "none" else ["--fp16", "--amp-dtype", dtype]
     cmd += ["--compile"] if args.compile else []
@@ -377,9 +490,17 @@ def bench_e2e(args: argparse.Namespace, device: torch.device) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records  # the first window includes start-up and cudnn autotuning
-    emit({"mode": "e2e", **config(args), "num_workers": args.num_workers, "windows": len(steady),
-          "img_per_s": round(float(np.mean([r["img_per_s"] for r in steady])), 1),
-          "peak_memory_gib": round(max(r["max_memory_gib"] for r in records), 2)}, args)
+    emit(
+        {
+            "mode": "e2e",
+            **config(args),
+            "num_workers": args.num_workers,
+            "windows": len(steady),
+            "img_per_s": round(float(np.mean([r["img_per_s"] for r in steady])), 1),
+            "peak_memory_gib": round(max(r["max_memory_gib"] for r in records), 2),
+        },
+        args,
+    )
 
 
 def check_devices(args: argparse.Namespace, device: torch.device) -> None:
@@ -410,6 +531,7 @@ def _fwd_bwd(module: nn.Module, inputs: list[torch.Tensor], backward: bool):
             out = module(*inputs)
             if backward:
                 out.float().sum().backward()
+
     return run
 
 
@@ -418,9 +540,18 @@ def _record_calls(modules: dict[str, nn.Module]) -> tuple[dict[str, list], list]
     calls: dict[str, list] = {name: [] for name in modules}
     handles = []
     for name, module in modules.items():
+
         def hook(_module, inputs, _output, name=name) -> None:
-            calls[name].append(([torch.empty_like(x).requires_grad_(x.requires_grad) if x.is_floating_point()
-                                 else x for x in inputs], torch.is_grad_enabled()))
+            calls[name].append(
+                (
+                    [
+                        torch.empty_like(x).requires_grad_(x.requires_grad) if x.is_floating_point() else x
+                        for x in inputs
+                    ],
+                    torch.is_grad_enabled(),
+                )
+            )
+
         handles.append(module.register_forward_hook(hook))
     return calls, handles
 
@@ -442,8 +573,11 @@ def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
     crops = [torch.empty(b, 3, s, s, device=meta) for _ in range(2)]
     boxes = [torch.empty(b, 4, device=meta) for _ in range(2)]
     flipped = [torch.empty(b, dtype=torch.bool, device=meta) for _ in range(2)]
-    parts = {"backbones": (model.encoder_q, model.encoder_k), "projectors": (model.projector_q, model.projector_k),
-             "predictor": (model.predictor_slot,)}
+    parts = {
+        "backbones": (model.encoder_q, model.encoder_k),
+        "projectors": (model.projector_q, model.projector_k),
+        "predictor": (model.predictor_slot,),
+    }
     calls, handles = _record_calls({f"{name}.{i}": m for name, ms in parts.items() for i, m in enumerate(ms)})
     loss = {}
     forward = _count_flops(lambda: loss.update(model(crops, boxes, flipped)))
@@ -451,9 +585,14 @@ def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
         handle.remove()
     backward = _count_flops(lambda: loss["loss"].backward())
     total = forward + backward
-    split = {name: sum(_count_flops(_fwd_bwd(module, inputs, grad))
-                       for i, module in enumerate(modules) for inputs, grad in calls[f"{name}.{i}"])
-             for name, modules in parts.items()}
+    split = {
+        name: sum(
+            _count_flops(_fwd_bwd(module, inputs, grad))
+            for i, module in enumerate(modules)
+            for inputs, grad in calls[f"{name}.{i}"]
+        )
+        for name, modules in parts.items()
+    }
     split["rest"] = total - sum(split.values())
 
     torch.manual_seed(0)
@@ -466,27 +605,47 @@ def bench_flops(args: argparse.Namespace, device: torch.device) -> None:
 
     per_image, supervised_per_image = total / b, supervised / b
     achieved = args.supervised_img_per_s * supervised_per_image / 1e12
-    emit({"mode": "flops", "arch": args.arch, "image_size": s, "batch_size": b, "dim_hidden": args.dim_hidden,
-          "num_prototypes": args.num_prototypes, "counted_on": "meta",
-          "slotcon_gflops_per_image": gflops(total), "slotcon_forward_gflops": gflops(forward),
-          "slotcon_backward_gflops": gflops(backward),
-          "slotcon_split_gflops": {name: gflops(flops) for name, flops in split.items()},
-          "supervised_gflops_per_image": gflops(supervised),
-          "ratio_slotcon_to_supervised": round(per_image / supervised_per_image, 3),
-          "tflops": args.tflops,
-          "img_per_s_at_peak": {"slotcon": round(args.tflops * 1e12 / per_image, 1),
-                                "supervised": round(args.tflops * 1e12 / supervised_per_image, 1)},
-          "supervised_img_per_s": args.supervised_img_per_s,
-          "supervised_achieved_tflops": round(achieved, 1),
-          "supervised_achieved_fraction_of_peak": round(achieved / args.tflops, 4),
-          "slotcon_img_per_s_at_supervised_tflops": round(achieved * 1e12 / per_image, 1)}, args)
+    emit(
+        {
+            "mode": "flops",
+            "arch": args.arch,
+            "image_size": s,
+            "batch_size": b,
+            "dim_hidden": args.dim_hidden,
+            "num_prototypes": args.num_prototypes,
+            "counted_on": "meta",
+            "slotcon_gflops_per_image": gflops(total),
+            "slotcon_forward_gflops": gflops(forward),
+            "slotcon_backward_gflops": gflops(backward),
+            "slotcon_split_gflops": {name: gflops(flops) for name, flops in split.items()},
+            "supervised_gflops_per_image": gflops(supervised),
+            "ratio_slotcon_to_supervised": round(per_image / supervised_per_image, 3),
+            "tflops": args.tflops,
+            "img_per_s_at_peak": {
+                "slotcon": round(args.tflops * 1e12 / per_image, 1),
+                "supervised": round(args.tflops * 1e12 / supervised_per_image, 1),
+            },
+            "supervised_img_per_s": args.supervised_img_per_s,
+            "supervised_achieved_tflops": round(achieved, 1),
+            "supervised_achieved_fraction_of_peak": round(achieved / args.tflops, 4),
+            "slotcon_img_per_s_at_supervised_tflops": round(achieved * 1e12 / per_image, 1),
+        },
+        args,
+    )
 
 
 def main() -> None:
     args = get_args()
     device = torch.device(args.device)
-    runners = {"step": bench_step, "augment": bench_augment, "data": bench_data, "e2e": bench_e2e,
-               "check": check_devices, "flops": bench_flops, "pipeline": bench_pipeline}
+    runners = {
+        "step": bench_step,
+        "augment": bench_augment,
+        "data": bench_data,
+        "e2e": bench_e2e,
+        "check": check_devices,
+        "flops": bench_flops,
+        "pipeline": bench_pipeline,
+    }
     for mode in args.modes.split(","):
         if mode not in runners:
             raise SystemExit(f"--modes: unknown mode {mode!r}; choose from {', '.join(runners)}")

@@ -56,13 +56,22 @@ def main() -> None:
             for bf16 in (False, True):
                 times[bf16].append(time_step(model, optimizer, crops, bf16))
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-        print(json.dumps({
-            "threads": threads, "batch_size": args.batch_size, "image_size": args.image_size,
-            "float32_s_per_step": round(fp32, 4), "bfloat16_s_per_step": round(bf16, 4),
-            "bfloat16_speedup": round(fp32 / bf16, 2),
-            "native_bf16": cpu_has_native_bfloat16(),
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "threads": threads,
+                    "batch_size": args.batch_size,
+                    "image_size": args.image_size,
+                    "float32_s_per_step": round(fp32, 4),
+                    "bfloat16_s_per_step": round(bf16, 4),
+                    "bfloat16_speedup": round(fp32 / bf16, 2),
+                    "native_bf16": cpu_has_native_bfloat16(),
+                    "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

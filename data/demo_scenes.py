@@ -211,8 +211,9 @@ class SceneConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         low, high = self.background_range
         if not 0.0 <= low <= high <= 255.0:
-            raise ValueError(f"need 0 <= background_range[0] <= background_range[1] <= 255, "
-                             f"got {self.background_range}")
+            raise ValueError(
+                f"need 0 <= background_range[0] <= background_range[1] <= 255, got {self.background_range}"
+            )
 
     @property
     def item_side_range(self) -> tuple[int, int]:
@@ -308,8 +309,9 @@ def class_tint(label: int, hue_offset: float = 0.0, saturation: float = 1.0) -> 
     return desaturate(hue_colours(np.array([hue]))[0], saturation * pastel)
 
 
-def _pick_tint(rng: np.random.Generator, end_colours: np.ndarray, palette: np.ndarray | None = None,
-               tint_saturation: float = 1.0) -> np.ndarray:
+def _pick_tint(
+    rng: np.random.Generator, end_colours: np.ndarray, palette: np.ndarray | None = None, tint_saturation: float = 1.0
+) -> np.ndarray:
     """Choose an RGB tint whose whole shading range stays far from the background gradient: a random colour
     (desaturated by ``tint_saturation``), or with ``palette`` one of its rows, returned as is."""
     if palette is None:
@@ -361,8 +363,9 @@ def render_scene(
     for source in chosen:
         source = int(source)
         if config.class_colours:
-            tint = class_tint(int(labels[source]), rng.uniform(-1.0, 1.0) * config.class_hue_jitter,
-                              config.tint_saturation)
+            tint = class_tint(
+                int(labels[source]), rng.uniform(-1.0, 1.0) * config.class_hue_jitter, config.tint_saturation
+            )
         else:
             tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
         if palette is not None and len(palette) > 1:

@@ -72,8 +72,11 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
     with image:
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and image.width * image.height > limit:
-            raise UnreadableImageError(path, f"{image.width}x{image.height} is more than PIL.Image.MAX_IMAGE_PIXELS "
-                                             f"({limit}) pixels: a decompression bomb?")
+            raise UnreadableImageError(
+                path,
+                f"{image.width}x{image.height} is more than PIL.Image.MAX_IMAGE_PIXELS "
+                f"({limit}) pixels: a decompression bomb?",
+            )
         yield image
 
 
@@ -98,8 +101,7 @@ def _convert_to_rgb(image: Image.Image) -> Image.Image:
             raise ValueError(f"mode {mode} image holds NaN or Inf pixels")
         return Image.fromarray(_stretch_to_uint8(values)).convert("RGB")
     if mode == "LAB":
-        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
-                                            "LAB", "RGB")
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
         return ImageCms.applyTransform(image, transform)
     if mode in _PIL_TO_RGB:
         if mode == "P" and "transparency" in image.info:
@@ -139,8 +141,9 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
             raise UnreadableImageError(path, _reason(exc)) from None
 
 
-def resize_center_crop(image: Image.Image, size: int, resize: int | None = None,
-                       resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+def resize_center_crop(
+    image: Image.Image, size: int, resize: int | None = None, resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> Image.Image:
     """torchvision's ``CenterCrop(size)(Resize(resize)(image))`` on a PIL image, to the pixel.
 
     The shorter side becomes ``resize`` (default ``size``), the longer ``int(resize * long / short)``

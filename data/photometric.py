@@ -59,8 +59,9 @@ class PhotometricParams:
     solarize: Tensor  # [B] bool
 
 
-def sample_params(cfg: ViewAugmentation, batch: int, generator: torch.Generator,
-                  device: torch.device | str = "cpu") -> PhotometricParams:
+def sample_params(
+    cfg: ViewAugmentation, batch: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> PhotometricParams:
     """Draw one view's parameters for a batch from ``generator`` (which must live on ``device``)."""
 
     def uniform(low: float, high: float, *shape: int) -> Tensor:
@@ -70,12 +71,15 @@ def sample_params(cfg: ViewAugmentation, batch: int, generator: torch.Generator,
         return torch.rand(batch, generator=generator, device=device) < p
 
     jitter = bernoulli(cfg.jitter_prob)[:, None]
-    factors = torch.stack([
-        uniform(1 - cfg.brightness, 1 + cfg.brightness, batch),
-        uniform(1 - cfg.contrast, 1 + cfg.contrast, batch),
-        uniform(1 - cfg.saturation, 1 + cfg.saturation, batch),
-        uniform(-cfg.hue, cfg.hue, batch),
-    ], dim=1)
+    factors = torch.stack(
+        [
+            uniform(1 - cfg.brightness, 1 + cfg.brightness, batch),
+            uniform(1 - cfg.contrast, 1 + cfg.contrast, batch),
+            uniform(1 - cfg.saturation, 1 + cfg.saturation, batch),
+            uniform(-cfg.hue, cfg.hue, batch),
+        ],
+        dim=1,
+    )
     identity = torch.ones(4, device=device)
     identity[HUE] = 0.0
     factors = torch.where(jitter, factors, identity)
@@ -121,8 +125,9 @@ def adjust_hue(img: Tensor, shift: Tensor) -> Tensor:
     maxc = torch.maximum(torch.maximum(r, g), b)
     chroma = maxc - torch.minimum(torch.minimum(r, g), b)
     # Hue in sixths of the wheel; grey pixels (chroma 0) have a zero numerator, hence hue 0.
-    numerator = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r).add_(chroma, alpha=2.0),
-                                                          (r - g).add_(chroma, alpha=4.0)))
+    numerator = torch.where(
+        maxc == r, g - b, torch.where(maxc == g, (b - r).add_(chroma, alpha=2.0), (r - g).add_(chroma, alpha=4.0))
+    )
     sixths = numerator.div_(chroma.clamp(min=1e-12)).add_(6.0 * shift.view(-1, 1, 1))
 
     # HSV -> RGB with the piecewise-linear formula f(n) = v - v s clamp(min(k, 4 - k), 0, 1), v s = chroma.
@@ -173,8 +178,11 @@ def _jitter_fixed_shape(img: Tensor, params: PhotometricParams) -> Tensor:
     for step in range(4):
         op = params.order[:, step]
         gray = grayscale(img)
-        other = torch.where(_per_sample(op == SATURATION), gray,
-                            torch.where(_per_sample(op == CONTRAST), gray.mean(dim=(1, 2, 3), keepdim=True), 0.0))
+        other = torch.where(
+            _per_sample(op == SATURATION),
+            gray,
+            torch.where(_per_sample(op == CONTRAST), gray.mean(dim=(1, 2, 3), keepdim=True), 0.0),
+        )
         img = _blend(img, other, blend_factor.gather(1, op[:, None]))
         # The HSV round trip is not an exact identity: samples that do not rotate keep their pixels.
         rotate = _per_sample((op == HUE) & (hue != 0))
@@ -252,8 +260,13 @@ class BatchAugment:
     NCHW; outputs are channels_last on a GPU (the model's layout there) and contiguous on a CPU.
     """
 
-    def __init__(self, device: torch.device | str, base_seed: int = 0,
-                 views: tuple[ViewAugmentation, ViewAugmentation] = (VIEW1, VIEW2), compile: bool = False) -> None:
+    def __init__(
+        self,
+        device: torch.device | str,
+        base_seed: int = 0,
+        views: tuple[ViewAugmentation, ViewAugmentation] = (VIEW1, VIEW2),
+        compile: bool = False,
+    ) -> None:
         self.device = torch.device(device)
         self.base_seed = base_seed
         self.views = views

@@ -19,8 +19,10 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         if num_samples < batch_size * world_size:
-            raise ValueError(f"the dataset has {num_samples} images, fewer than one global batch "
-                             f"({batch_size} x {world_size} processes)")
+            raise ValueError(
+                f"the dataset has {num_samples} images, fewer than one global batch "
+                f"({batch_size} x {world_size} processes)"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.rank = rank

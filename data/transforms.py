@@ -45,8 +45,9 @@ class Box:
         return max(w, 0.0) * max(h, 0.0)
 
 
-def _try_crop(rng: random.Random, width: int, height: int, scale: tuple[float, float],
-              ratio: tuple[float, float]) -> tuple[Box, float] | None:
+def _try_crop(
+    rng: random.Random, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[Box, float] | None:
     """One RandomResizedCrop draw: (box, target area) if it fits the image, else None."""
     target_area = width * height * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
@@ -71,8 +72,14 @@ def _central_crop(width: int, height: int, ratio: tuple[float, float]) -> Box:
     return Box(left, top, left + w, top + h)
 
 
-def sample_crop(rng: random.Random, width: int, height: int, scale: tuple[float, float],
-                ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> Box:
+def sample_crop(
+    rng: random.Random,
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> Box:
     """RandomResizedCrop's parameters: area fraction ~ U(scale), log-uniform aspect, 10 tries."""
     for _ in range(attempts):
         found = _try_crop(rng, width, height, scale, ratio)
@@ -81,9 +88,16 @@ def sample_crop(rng: random.Random, width: int, height: int, scale: tuple[float,
     return _central_crop(width, height, ratio)
 
 
-def sample_overlapping_crop(rng: random.Random, first: Box, width: int, height: int, scale: tuple[float, float],
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3), min_overlap: float = 0.01,
-                            attempts: int = 10) -> Box:
+def sample_overlapping_crop(
+    rng: random.Random,
+    first: Box,
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    min_overlap: float = 0.01,
+    attempts: int = 10,
+) -> Box:
     """A second crop whose overlap with ``first`` is >= min_overlap x its target area (10 tries).
 
     If no draw qualifies, an unconditioned crop is returned; it may not overlap ``first`` at all.
@@ -102,8 +116,12 @@ def intersection_in_frame(view: Box, other: Box) -> tuple[float, float, float, f
     """
     x1, y1 = max(view.x1, other.x1), max(view.y1, other.y1)
     x2, y2 = min(view.x2, other.x2), min(view.y2, other.y2)
-    return ((x1 - view.x1) / view.width, (y1 - view.y1) / view.height,
-            (x2 - view.x1) / view.width, (y2 - view.y1) / view.height)
+    return (
+        (x1 - view.x1) / view.width,
+        (y1 - view.y1) / view.height,
+        (x2 - view.x1) / view.width,
+        (y2 - view.y1) / view.height,
+    )
 
 
 def mirror_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:

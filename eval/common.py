@@ -36,8 +36,14 @@ from utils.checkpoint import load_checkpoint
 
 RANDOM = "random"
 # SlotCon's default network; a random model uses these unless told otherwise.
-DEFAULT_CONFIG: dict[str, Any] = {"arch": "resnet50", "dim_hidden": 4096, "dim_out": 256, "num_prototypes": 256,
-                                  "teacher_temp": 0.07, "output_stride": 32}
+DEFAULT_CONFIG: dict[str, Any] = {
+    "arch": "resnet50",
+    "dim_hidden": 4096,
+    "dim_out": 256,
+    "num_prototypes": 256,
+    "teacher_temp": 0.07,
+    "output_stride": 32,
+}
 
 
 class Batch(NamedTuple):
@@ -65,9 +71,12 @@ class SplitFeatures:
         """Batches moved to ``device``, in ``order`` (a permutation of the indices) or in index order."""
         order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
-            yield Batch(self.c5[idx].to(device, non_blocking=True), self.semantic[idx].to(device),
-                        None if self.instance is None else self.instance[idx].to(device))
+            idx = order[start : start + batch_size]
+            yield Batch(
+                self.c5[idx].to(device, non_blocking=True),
+                self.semantic[idx].to(device),
+                None if self.instance is None else self.instance[idx].to(device),
+            )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,8 +92,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_teacher(checkpoint: str, config: dict[str, Any] | None = None, seed: int = 0,
-                  device: torch.device | str = "cpu", student: bool = False) -> SlotConTeacher:
+def build_teacher(
+    checkpoint: str,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    student: bool = False,
+) -> SlotConTeacher:
     """The teacher network of a checkpoint (ours or official), or ``"random"``: a seeded random init of
     ``config`` (``SlotConTeacher.build`` arguments; missing ones from ``DEFAULT_CONFIG``). Always in eval mode.
     """
@@ -109,27 +123,42 @@ def _collate(samples: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tenso
 
 
 @torch.no_grad()
-def backbone_batches(model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device,
-                     workers: int = 0) -> Iterator[Batch]:
+def backbone_batches(
+    model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
+) -> Iterator[Batch]:
     """Run the teacher backbone over ``dataset`` in batches; labels come along, all on ``device``."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
     for images, semantic, instance in loader:
         c5 = model.encoder_k(normalize_uint8(images.to(device, non_blocking=True)))
         yield Batch(c5.float(), semantic.to(device), None if instance is None else instance.to(device))
 
 
-def extract_features(model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device,
-                     workers: int = 0) -> SplitFeatures:
+def extract_features(
+    model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
+) -> SplitFeatures:
     """C5 features and labels of a whole split, gathered on the CPU."""
-    parts = [Batch(b.c5.cpu(), b.semantic.cpu(), None if b.instance is None else b.instance.cpu())
-             for b in backbone_batches(model, dataset, batch_size, device, workers)]
+    parts = [
+        Batch(b.c5.cpu(), b.semantic.cpu(), None if b.instance is None else b.instance.cpu())
+        for b in backbone_batches(model, dataset, batch_size, device, workers)
+    ]
     if not parts:
         raise ValueError("the dataset split is empty")
     instance = None if parts[0].instance is None else torch.cat([p.instance for p in parts])
     source = base_dataset(dataset)
-    return SplitFeatures(torch.cat([p.c5 for p in parts]), torch.cat([p.semantic for p in parts]), instance,
-                         source.num_classes, list(source.class_names))
+    return SplitFeatures(
+        torch.cat([p.c5 for p in parts]),
+        torch.cat([p.semantic for p in parts]),
+        instance,
+        source.num_classes,
+        list(source.class_names),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,18 +169,26 @@ def extract_features(model: SlotConTeacher, dataset: Dataset, batch_size: int, d
 def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
     """Options naming the model(s) and, for ``random``, its configuration."""
     if multiple:
-        parser.add_argument("--checkpoints", nargs="+", required=True, metavar="PATH|random",
-                            help="checkpoints to evaluate (ours or official), or 'random' for a random init")
+        parser.add_argument(
+            "--checkpoints",
+            nargs="+",
+            required=True,
+            metavar="PATH|random",
+            help="checkpoints to evaluate (ours or official), or 'random' for a random init",
+        )
     else:
-        parser.add_argument("--checkpoint", required=True, metavar="PATH|random",
-                            help="a SlotCon checkpoint (ours or official), or 'random' for a random init")
+        parser.add_argument(
+            "--checkpoint",
+            required=True,
+            metavar="PATH|random",
+            help="a SlotCon checkpoint (ours or official), or 'random' for a random init",
+        )
     parser.add_argument("--student", action="store_true", help="evaluate the student's weights, not the teacher's")
     group = parser.add_argument_group("random model (ignored for checkpoint files)")
     group.add_argument("--arch", default=None, help=f"backbone (default {DEFAULT_CONFIG['arch']})")
     group.add_argument("--dim-hidden", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_hidden']}")
     group.add_argument("--dim-out", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_out']}")
-    group.add_argument("--num-prototypes", type=int, default=None,
-                       help=f"default {DEFAULT_CONFIG['num_prototypes']}")
+    group.add_argument("--num-prototypes", type=int, default=None, help=f"default {DEFAULT_CONFIG['num_prototypes']}")
     group.add_argument("--seed", type=int, default=0, help="seed of the random init and of the linear probe")
 
 
@@ -159,8 +196,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Dataset, preprocessing, device and output options."""
     parser.add_argument("--dataset", choices=DATASETS, default="demo")
     parser.add_argument("--data-dir", default="demo_data", help="dataset root (default: demo_data)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="square input side (default: 128 for demo, 320 for cocostuff27)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="square input side (default: 128 for demo, 320 for cocostuff27)"
+    )
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images of each split")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -170,8 +208,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def random_config(args: argparse.Namespace) -> dict[str, Any]:
     """The explicitly given ``--arch`` / dims, for ``build_teacher``."""
-    given = {"arch": args.arch, "dim_hidden": args.dim_hidden, "dim_out": args.dim_out,
-             "num_prototypes": args.num_prototypes}
+    given = {
+        "arch": args.arch,
+        "dim_hidden": args.dim_hidden,
+        "dim_out": args.dim_out,
+        "num_prototypes": args.num_prototypes,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -204,6 +246,7 @@ def model_name(checkpoint: str) -> str:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON (NaN becomes null, so the file stays standard JSON)."""
+
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -224,8 +267,10 @@ def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> s
     widths = [max(len(c), 6) for c in columns]
     lines = ["  ".join(["model".ljust(name_width), *(c.rjust(w) for c, w in zip(columns, widths, strict=True))])]
     for name, metrics in rows.items():
-        cells = [f"{100 * metrics[c]:.1f}" if metrics.get(c) is not None and math.isfinite(metrics[c]) else "-"
-                 for c in columns]
+        cells = [
+            f"{100 * metrics[c]:.1f}" if metrics.get(c) is not None and math.isfinite(metrics[c]) else "-"
+            for c in columns
+        ]
         lines.append("  ".join([name.ljust(name_width), *(v.rjust(w) for v, w in zip(cells, widths, strict=True))]))
     return "\n".join(lines)
 
@@ -284,15 +329,22 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
             start = time.perf_counter()
             model = build_teacher(checkpoint, config, args.seed, device, args.student)
             result = evaluation.evaluate(args, model, device)
-            result.update(checkpoint=checkpoint, dataset=args.dataset, summary=evaluation.summary_row(result),
-                          seconds=time.perf_counter() - start)
+            result.update(
+                checkpoint=checkpoint,
+                dataset=args.dataset,
+                summary=evaluation.summary_row(result),
+                seconds=time.perf_counter() - start,
+            )
             results[name] = result
             print(evaluation.describe(args, result))
         rows = {name: result["summary"] for name, result in results.items()}
         print(format_table(rows, list(dict.fromkeys(c for row in rows.values() for c in row))))
         if args.output_json:
-            payload = ({"dataset": args.dataset, "data_dir": args.data_dir, "models": results}
-                       if evaluation.multiple else results[names[0]])
+            payload = (
+                {"dataset": args.dataset, "data_dir": args.data_dir, "models": results}
+                if evaluation.multiple
+                else results[names[0]]
+            )
             write_json(args.output_json, payload)
         return 0
 

@@ -56,9 +56,13 @@ class DemoSegmentation(Dataset):
         image = resize_center_crop(read_rgb(self.scenes.image_paths[index]), self.image_size)
         # Label maps are resampled nearest so every pixel keeps a real id.
         semantic, instance = (
-            np.array(resize_center_crop(Image.fromarray(read_label_map(path)), self.image_size,
-                                        resample=Image.Resampling.NEAREST))
-            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index]))
+            np.array(
+                resize_center_crop(
+                    Image.fromarray(read_label_map(path)), self.image_size, resample=Image.Resampling.NEAREST
+                )
+            )
+            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index])
+        )
         return image_to_tensor(image), torch.from_numpy(semantic), torch.from_numpy(instance)
 
 
@@ -70,27 +74,97 @@ class DemoSegmentation(Dataset):
 # (street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door, blender, hair brush) are kept
 # so that the table covers every value a label map can hold.
 _THINGS: tuple[tuple[str, str], ...] = (
-    ("person", "person"), ("bicycle", "vehicle"), ("car", "vehicle"), ("motorcycle", "vehicle"),
-    ("airplane", "vehicle"), ("bus", "vehicle"), ("train", "vehicle"), ("truck", "vehicle"), ("boat", "vehicle"),
-    ("traffic light", "outdoor"), ("fire hydrant", "outdoor"), ("street sign", "outdoor"), ("stop sign", "outdoor"),
-    ("parking meter", "outdoor"), ("bench", "outdoor"), ("bird", "animal"), ("cat", "animal"), ("dog", "animal"),
-    ("horse", "animal"), ("sheep", "animal"), ("cow", "animal"), ("elephant", "animal"), ("bear", "animal"),
-    ("zebra", "animal"), ("giraffe", "animal"), ("hat", "accessory"), ("backpack", "accessory"),
-    ("umbrella", "accessory"), ("shoe", "accessory"), ("eye glasses", "accessory"), ("handbag", "accessory"),
-    ("tie", "accessory"), ("suitcase", "accessory"), ("frisbee", "sports"), ("skis", "sports"),
-    ("snowboard", "sports"), ("sports ball", "sports"), ("kite", "sports"), ("baseball bat", "sports"),
-    ("baseball glove", "sports"), ("skateboard", "sports"), ("surfboard", "sports"), ("tennis racket", "sports"),
-    ("bottle", "kitchen"), ("plate", "kitchen"), ("wine glass", "kitchen"), ("cup", "kitchen"), ("fork", "kitchen"),
-    ("knife", "kitchen"), ("spoon", "kitchen"), ("bowl", "kitchen"), ("banana", "food"), ("apple", "food"),
-    ("sandwich", "food"), ("orange", "food"), ("broccoli", "food"), ("carrot", "food"), ("hot dog", "food"),
-    ("pizza", "food"), ("donut", "food"), ("cake", "food"), ("chair", "furniture"), ("couch", "furniture"),
-    ("potted plant", "furniture"), ("bed", "furniture"), ("mirror", "furniture"), ("dining table", "furniture"),
-    ("window", "furniture"), ("desk", "furniture"), ("toilet", "furniture"), ("door", "furniture"),
-    ("tv", "electronic"), ("laptop", "electronic"), ("mouse", "electronic"), ("remote", "electronic"),
-    ("keyboard", "electronic"), ("cell phone", "electronic"), ("microwave", "appliance"), ("oven", "appliance"),
-    ("toaster", "appliance"), ("sink", "appliance"), ("refrigerator", "appliance"), ("blender", "appliance"),
-    ("book", "indoor"), ("clock", "indoor"), ("vase", "indoor"), ("scissors", "indoor"), ("teddy bear", "indoor"),
-    ("hair drier", "indoor"), ("toothbrush", "indoor"), ("hair brush", "indoor"),
+    ("person", "person"),
+    ("bicycle", "vehicle"),
+    ("car", "vehicle"),
+    ("motorcycle", "vehicle"),
+    ("airplane", "vehicle"),
+    ("bus", "vehicle"),
+    ("train", "vehicle"),
+    ("truck", "vehicle"),
+    ("boat", "vehicle"),
+    ("traffic light", "outdoor"),
+    ("fire hydrant", "outdoor"),
+    ("street sign", "outdoor"),
+    ("stop sign", "outdoor"),
+    ("parking meter", "outdoor"),
+    ("bench", "outdoor"),
+    ("bird", "animal"),
+    ("cat", "animal"),
+    ("dog", "animal"),
+    ("horse", "animal"),
+    ("sheep", "animal"),
+    ("cow", "animal"),
+    ("elephant", "animal"),
+    ("bear", "animal"),
+    ("zebra", "animal"),
+    ("giraffe", "animal"),
+    ("hat", "accessory"),
+    ("backpack", "accessory"),
+    ("umbrella", "accessory"),
+    ("shoe", "accessory"),
+    ("eye glasses", "accessory"),
+    ("handbag", "accessory"),
+    ("tie", "accessory"),
+    ("suitcase", "accessory"),
+    ("frisbee", "sports"),
+    ("skis", "sports"),
+    ("snowboard", "sports"),
+    ("sports ball", "sports"),
+    ("kite", "sports"),
+    ("baseball bat", "sports"),
+    ("baseball glove", "sports"),
+    ("skateboard", "sports"),
+    ("surfboard", "sports"),
+    ("tennis racket", "sports"),
+    ("bottle", "kitchen"),
+    ("plate", "kitchen"),
+    ("wine glass", "kitchen"),
+    ("cup", "kitchen"),
+    ("fork", "kitchen"),
+    ("knife", "kitchen"),
+    ("spoon", "kitchen"),
+    ("bowl", "kitchen"),
+    ("banana", "food"),
+    ("apple", "food"),
+    ("sandwich", "food"),
+    ("orange", "food"),
+    ("broccoli", "food"),
+    ("carrot", "food"),
+    ("hot dog", "food"),
+    ("pizza", "food"),
+    ("donut", "food"),
+    ("cake", "food"),
+    ("chair", "furniture"),
+    ("couch", "furniture"),
+    ("potted plant", "furniture"),
+    ("bed", "furniture"),
+    ("mirror", "furniture"),
+    ("dining table", "furniture"),
+    ("window", "furniture"),
+    ("desk", "furniture"),
+    ("toilet", "furniture"),
+    ("door", "furniture"),
+    ("tv", "electronic"),
+    ("laptop", "electronic"),
+    ("mouse", "electronic"),
+    ("remote", "electronic"),
+    ("keyboard", "electronic"),
+    ("cell phone", "electronic"),
+    ("microwave", "appliance"),
+    ("oven", "appliance"),
+    ("toaster", "appliance"),
+    ("sink", "appliance"),
+    ("refrigerator", "appliance"),
+    ("blender", "appliance"),
+    ("book", "indoor"),
+    ("clock", "indoor"),
+    ("vase", "indoor"),
+    ("scissors", "indoor"),
+    ("teddy bear", "indoor"),
+    ("hair drier", "indoor"),
+    ("toothbrush", "indoor"),
+    ("hair brush", "indoor"),
 )
 
 # COCO-Stuff's stuff hierarchy (indoor, then outdoor groups). Stuff ids 92..182 are the stuff names in
@@ -99,16 +173,49 @@ _STUFF_GROUPS: dict[str, tuple[str, ...]] = {
     "ceiling": ("ceiling-other", "ceiling-tile"),
     "floor": ("carpet", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood"),
     "food-stuff": ("food-other", "fruit", "salad", "vegetable"),
-    "furniture-stuff": ("cabinet", "counter", "cupboard", "desk-stuff", "door-stuff", "furniture-other", "light",
-                        "mirror-stuff", "shelf", "stairs", "table"),
+    "furniture-stuff": (
+        "cabinet",
+        "counter",
+        "cupboard",
+        "desk-stuff",
+        "door-stuff",
+        "furniture-other",
+        "light",
+        "mirror-stuff",
+        "shelf",
+        "stairs",
+        "table",
+    ),
     "rawmaterial": ("cardboard", "metal", "paper", "plastic"),
-    "textile": ("banner", "blanket", "cloth", "clothes", "curtain", "mat", "napkin", "pillow", "rug",
-                "textile-other", "towel"),
+    "textile": (
+        "banner",
+        "blanket",
+        "cloth",
+        "clothes",
+        "curtain",
+        "mat",
+        "napkin",
+        "pillow",
+        "rug",
+        "textile-other",
+        "towel",
+    ),
     "wall": ("wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood"),
     "window": ("window-blind", "window-other"),
     "building": ("bridge", "building-other", "house", "roof", "skyscraper", "tent"),
-    "ground": ("dirt", "gravel", "ground-other", "mud", "pavement", "platform", "playingfield", "railroad", "road",
-               "sand", "snow"),
+    "ground": (
+        "dirt",
+        "gravel",
+        "ground-other",
+        "mud",
+        "pavement",
+        "platform",
+        "playingfield",
+        "railroad",
+        "road",
+        "sand",
+        "snow",
+    ),
     "plant": ("branch", "bush", "flower", "grass", "leaves", "moss", "plant-other", "straw", "tree"),
     "sky": ("clouds", "sky-other"),
     "solid": ("hill", "mountain", "rock", "solid-other", "stone", "wood"),
@@ -116,8 +223,20 @@ _STUFF_GROUPS: dict[str, tuple[str, ...]] = {
     "water": ("fog", "river", "sea", "water-other", "waterdrops"),
 }
 
-_THING_GROUPS = ("person", "vehicle", "outdoor", "animal", "accessory", "sports", "kitchen", "food", "furniture",
-                 "electronic", "appliance", "indoor")
+_THING_GROUPS = (
+    "person",
+    "vehicle",
+    "outdoor",
+    "animal",
+    "accessory",
+    "sports",
+    "kitchen",
+    "food",
+    "furniture",
+    "electronic",
+    "appliance",
+    "indoor",
+)
 # Coarse ids: the 12 thing supercategories (0..11), then the 15 stuff ones (12..26).
 COCOSTUFF27_CLASSES: tuple[str, ...] = (*_THING_GROUPS, *_STUFF_GROUPS)
 _STUFF_OF = {name: group for group, names in _STUFF_GROUPS.items() for name in names}
@@ -177,8 +296,9 @@ class CocoStuff27(Dataset):
         label_path = self.root / "annotations" / self.folder / f"{image_id}.png"
         fine = read_label_map(label_path)
         if fine.shape[::-1] != image.size:
-            raise EvalDataError(f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is "
-                                f"{image.size[0]}x{image.size[1]}")
+            raise EvalDataError(
+                f"{label_path}: label is {fine.shape[1]}x{fine.shape[0]}, image is {image.size[0]}x{image.size[1]}"
+            )
         # Mapping first is exact: nearest resampling only moves label values around.
         coarse = Image.fromarray(self.lut[fine])
         image = resize_center_crop(image, self.image_size)
@@ -191,27 +311,181 @@ class CocoStuff27(Dataset):
 # ----------------------------------------------------------------------------------------------
 
 VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 # ADE20K SceneParsing's 150 classes (objectInfo150, first name of each), in label order 1..150.
 ADE20K_CLASSES: tuple[str, ...] = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
-    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
-    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
-    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
-    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
-    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
-    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
-    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 
 # The lists an SBD-augmented VOC ("trainaug", 10,582 images with val removed) comes with, by their usual names.
@@ -277,8 +551,9 @@ class SquareSegmentation(Dataset):
         image = read_rgb(image_path)
         raw = read_label_map(label_path)
         if raw.shape[::-1] != image.size:
-            raise EvalDataError(f"{label_path}: label is {raw.shape[1]}x{raw.shape[0]}, image is "
-                                f"{image.size[0]}x{image.size[1]}")
+            raise EvalDataError(
+                f"{label_path}: label is {raw.shape[1]}x{raw.shape[0]}, image is {image.size[0]}x{image.size[1]}"
+            )
         label = self.lut[raw]
         if (label < 0).any():
             bad = sorted(set(raw[label < 0].tolist()))[:5]
@@ -306,8 +581,9 @@ class PascalVOC(SquareSegmentation):
         super().__init__(image_size)
         if split not in ("train", "eval"):
             raise EvalDataError(f"split must be train or eval, got {split!r}")
-        self.root = find_dataset_root(root, ("VOCdevkit/VOC2012", "VOC2012", ""),
-                                      ("JPEGImages", "ImageSets/Segmentation"), "Pascal VOC 2012")
+        self.root = find_dataset_root(
+            root, ("VOCdevkit/VOC2012", "VOC2012", ""), ("JPEGImages", "ImageSets/Segmentation"), "Pascal VOC 2012"
+        )
         self.class_names = list(VOC_CLASSES)
         self.lut = label_lut({**{c: c for c in range(len(VOC_CLASSES))}, IGNORE_INDEX: IGNORE_INDEX})
         lists = self.root / "ImageSets" / "Segmentation"
@@ -319,8 +595,10 @@ class PascalVOC(SquareSegmentation):
         else:
             aug_list = next((lists / name for name in VOC_AUG_LISTS if (lists / name).is_file()), None)
             if aug_list is None or not (self.root / "SegmentationClassAug").is_dir():
-                raise EvalDataError(f"{self.root}: voc_aug needs SegmentationClassAug/ and ImageSets/Segmentation/"
-                                    f"{' or '.join(VOC_AUG_LISTS)}")
+                raise EvalDataError(
+                    f"{self.root}: voc_aug needs SegmentationClassAug/ and ImageSets/Segmentation/"
+                    f"{' or '.join(VOC_AUG_LISTS)}"
+                )
             held_out = set(read_id_list(lists / "val.txt"))
             ids = sorted((set(read_id_list(aug_list)) | set(read_id_list(lists / "train.txt"))) - held_out)
             label_dirs.insert(0, self.root / "SegmentationClassAug")

@@ -59,14 +59,22 @@ def instance_features(features: SplitFeatures, batch_size: int, device: torch.de
     """L2-normalised pooled features [M, C] and labels [M] of every instance in a split."""
     if features.instance is None:
         raise ValueError("k-NN needs instance maps; this dataset has none (use --dataset demo)")
-    pooled, labels = zip(*(pool_instances(b.c5, b.instance, b.semantic)
-                           for b in features.batches(batch_size, device)), strict=True)
+    pooled, labels = zip(
+        *(pool_instances(b.c5, b.instance, b.semantic) for b in features.batches(batch_size, device)), strict=True
+    )
     return F.normalize(torch.cat(pooled), dim=1), torch.cat(labels)
 
 
 @torch.no_grad()
-def knn_classify(train_features: Tensor, train_labels: Tensor, query_features: Tensor, num_classes: int,
-                 k: int = DEFAULT_K, temperature: float = DEFAULT_TEMPERATURE, chunk: int = 1024) -> Tensor:
+def knn_classify(
+    train_features: Tensor,
+    train_labels: Tensor,
+    query_features: Tensor,
+    num_classes: int,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    chunk: int = 1024,
+) -> Tensor:
     """Predicted class of each query: sum over its k nearest train rows (by dot product) of exp(sim / T)
     per class, argmax. Features should be L2-normalised, so the dot product is the cosine similarity.
     """
@@ -82,8 +90,14 @@ def knn_classify(train_features: Tensor, train_labels: Tensor, query_features: T
     return torch.cat(predictions) if predictions else train_labels.new_zeros(0)
 
 
-def run_knn(train: SplitFeatures, evaluation: SplitFeatures, device: torch.device, k: int = DEFAULT_K,
-            temperature: float = DEFAULT_TEMPERATURE, batch_size: int = 32) -> dict[str, Any]:
+def run_knn(
+    train: SplitFeatures,
+    evaluation: SplitFeatures,
+    device: torch.device,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Top-1 accuracy of weighted k-NN on mask-pooled instance features (eval instances vs train ones)."""
     if k < 1 or temperature <= 0:
         raise ValueError(f"k-NN needs --k >= 1 and --temperature > 0, got {k} and {temperature}")
@@ -92,8 +106,13 @@ def run_knn(train: SplitFeatures, evaluation: SplitFeatures, device: torch.devic
     if eval_x.shape[0] == 0:
         raise ValueError("the eval split has no instances")
     predicted = knn_classify(train_x, train_y, eval_x, train.num_classes, k, temperature)
-    return {"top1": float((predicted == eval_y).float().mean()), "k": k, "temperature": temperature,
-            "num_train_instances": int(train_x.shape[0]), "num_eval_instances": int(eval_x.shape[0])}
+    return {
+        "top1": float((predicted == eval_y).float().mean()),
+        "k": k,
+        "temperature": temperature,
+        "num_train_instances": int(train_x.shape[0]),
+        "num_eval_instances": int(eval_x.shape[0]),
+    }
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, float]:
@@ -117,12 +136,15 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
 
 
 def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
-    return (f"k-NN (k={args.k}, T={args.temperature}) on mask-pooled C5: {result['num_train_instances']} train / "
-            f"{result['num_eval_instances']} eval instances")
+    return (
+        f"k-NN (k={args.k}, T={args.temperature}) on mask-pooled C5: {result['num_train_instances']} train / "
+        f"{result['num_eval_instances']} eval instances"
+    )
 
 
-EVALUATION = Evaluation("python -m eval.knn", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options,
-                        check_dataset)
+EVALUATION = Evaluation(
+    "python -m eval.knn", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, check_dataset
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,8 +62,14 @@ def channel_statistics(c5: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     return mean.float(), std.clamp_min(1e-6).float()
 
 
-def train_linear_probe(train: SplitFeatures, device: torch.device, epochs: int = DEFAULT_EPOCHS,
-                       lr: float = DEFAULT_LR, batch_size: int = 32, seed: int = 0) -> LinearProbe:
+def train_linear_probe(
+    train: SplitFeatures,
+    device: torch.device,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> LinearProbe:
     """Fit the probe with Adam and cross-entropy on cached train features; deterministic given ``seed``."""
     mean, std = channel_statistics(train.c5)
     with torch.random.fork_rng(devices=[]):
@@ -83,8 +89,7 @@ def train_linear_probe(train: SplitFeatures, device: torch.device, epochs: int =
 
 
 @torch.no_grad()
-def probe_confusion(probe: LinearProbe, features: SplitFeatures, device: torch.device,
-                    batch_size: int = 32) -> Tensor:
+def probe_confusion(probe: LinearProbe, features: SplitFeatures, device: torch.device, batch_size: int = 32) -> Tensor:
     """[C, C] confusion of the probe's argmax predictions on a split."""
     total = torch.zeros(features.num_classes, features.num_classes, dtype=torch.long, device=device)
     for batch in features.batches(batch_size, device):
@@ -93,18 +98,31 @@ def probe_confusion(probe: LinearProbe, features: SplitFeatures, device: torch.d
     return total.cpu()
 
 
-def run_linear_probe(train: SplitFeatures, evaluation: SplitFeatures, device: torch.device,
-                     epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR, batch_size: int = 32,
-                     seed: int = 0) -> dict[str, Any]:
+def run_linear_probe(
+    train: SplitFeatures,
+    evaluation: SplitFeatures,
+    device: torch.device,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train on ``train``, score on ``evaluation``: mIoU, pixel accuracy, per-class IoU."""
     if epochs < 1 or lr <= 0:
         raise ValueError(f"the probe needs --epochs >= 1 and --lr > 0, got {epochs} and {lr}")
     probe = train_linear_probe(train, device, epochs, lr, batch_size, seed)
     confusion = probe_confusion(probe, evaluation, device, batch_size)
     iou = per_class_iou(confusion)
-    return {"miou": mean_iou(confusion), "pixel_accuracy": pixel_accuracy(confusion),
-            "per_class_iou": [None if math.isnan(v) else float(v) for v in iou], "class_names": evaluation.class_names,
-            "epochs": epochs, "lr": lr, "num_train_images": len(train), "num_eval_images": len(evaluation)}
+    return {
+        "miou": mean_iou(confusion),
+        "pixel_accuracy": pixel_accuracy(confusion),
+        "per_class_iou": [None if math.isnan(v) else float(v) for v in iou],
+        "class_names": evaluation.class_names,
+        "epochs": epochs,
+        "lr": lr,
+        "num_train_images": len(train),
+        "num_eval_images": len(evaluation),
+    }
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, float]:
@@ -123,12 +141,15 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
 
 
 def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
-    return (f"linear probe on C5, {args.dataset}: {result['num_train_images']} train / {result['num_eval_images']} "
-            f"eval images, {args.epochs} epochs")
+    return (
+        f"linear probe on C5, {args.dataset}: {result['num_train_images']} train / {result['num_eval_images']} "
+        f"eval images, {args.epochs} epochs"
+    )
 
 
-EVALUATION = Evaluation("python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe,
-                        add_options)
+EVALUATION = Evaluation(
+    "python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,13 @@ def _as_numpy(array: np.ndarray | Tensor) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
 
 
-def confusion_matrix(target: Tensor, prediction: Tensor, num_classes: int, num_predictions: int | None = None,
-                     ignore_index: int | None = 255) -> Tensor:
+def confusion_matrix(
+    target: Tensor,
+    prediction: Tensor,
+    num_classes: int,
+    num_predictions: int | None = None,
+    ignore_index: int | None = 255,
+) -> Tensor:
     """``M[c, p] = #{pixels i : target_i = c, prediction_i = p, target_i != ignore_index}``, int64 [C, P].
 
     One ``bincount`` of ``c * P + p`` over the kept pixels; runs on the inputs' device.
@@ -133,8 +138,11 @@ def matched_scores(confusion: np.ndarray | Tensor, mapping: np.ndarray | Tensor)
     """mIoU, pixel accuracy and per-class IoU after mapping clusters to classes."""
     class_confusion = remap_confusion(confusion, mapping)
     iou = per_class_iou(class_confusion)
-    return {"miou": mean_iou(class_confusion), "pixel_accuracy": pixel_accuracy(class_confusion),
-            "per_class_iou": [None if np.isnan(v) else float(v) for v in iou]}
+    return {
+        "miou": mean_iou(class_confusion),
+        "pixel_accuracy": pixel_accuracy(class_confusion),
+        "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+    }
 
 
 def _pairs(counts: np.ndarray) -> np.ndarray:
@@ -199,8 +207,9 @@ def seed_spread(runs: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[s
         spread[model] = {}
         for column in columns:
             values = [float(v) for v in (run[model][column] for run in runs) if v is not None and math.isfinite(v)]
-            spread[model][column] = ((sum(values) / len(values), min(values), max(values)) if values
-                                     else (math.nan, math.nan, math.nan))
+            spread[model][column] = (
+                (sum(values) / len(values), min(values), max(values)) if values else (math.nan, math.nan, math.nan)
+            )
     return spread
 
 
@@ -208,8 +217,13 @@ def format_spread(spread: dict[str, dict[str, tuple[float, float, float]]], runs
     """``seed_spread`` as a text table of ``mean (min-max)`` in percent, one row per model."""
     models = list(spread)
     columns = list(dict.fromkeys(c for m in models for c in spread[m]))
-    cells = {m: [f"{100 * mean:.1f} ({100 * low:.1f}-{100 * high:.1f})" if math.isfinite(mean) else "-"
-                 for mean, low, high in (spread[m].get(c, (math.nan,) * 3) for c in columns)] for m in models}
+    cells = {
+        m: [
+            f"{100 * mean:.1f} ({100 * low:.1f}-{100 * high:.1f})" if math.isfinite(mean) else "-"
+            for mean, low, high in (spread[m].get(c, (math.nan,) * 3) for c in columns)
+        ]
+        for m in models
+    }
     name_width = max(len(f"model ({runs} seeds)"), *(len(m) for m in models))
     widths = [max(len(c), *(len(cells[m][i]) for m in models)) for i, c in enumerate(columns)]
     header = f"model ({runs} seeds)"
@@ -223,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m eval.metrics EVAL_JSON...``: the mean and min-max of ``eval.report`` tables over seeds."""
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
-        print("usage: python -m eval.metrics EVAL_JSON [EVAL_JSON...] (eval.report --output-json files)",
-              file=sys.stderr)
+        print(
+            "usage: python -m eval.metrics EVAL_JSON [EVAL_JSON...] (eval.report --output-json files)", file=sys.stderr
+        )
         return 2
     runs = []
     for path in paths:
@@ -232,8 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             models = json.loads(Path(path).read_text())["models"]
             runs.append({name: result["summary"] for name, result in models.items()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            print(f"eval.metrics: error: {path}: not an eval.report JSON file ({type(exc).__name__}: {exc})",
-                  file=sys.stderr)
+            print(
+                f"eval.metrics: error: {path}: not an eval.report JSON file ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
             return 2
     print(format_spread(seed_spread(runs), len(runs)))
     return 0

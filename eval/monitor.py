@@ -53,8 +53,17 @@ class Monitor:
     """Pictures every ``image_freq`` epochs (in TensorBoard: none without a ``writer``) and evaluation every
     ``eval_freq`` epochs (0 = never), which ``on_epoch_end`` returns for the log whether or not TensorBoard is on."""
 
-    def __init__(self, writer: SummaryWriter | None, files: np.ndarray, image_size: int, device: torch.device,
-                 image_freq: int, eval_data: str | None, eval_freq: int, num_images: int = 8) -> None:
+    def __init__(
+        self,
+        writer: SummaryWriter | None,
+        files: np.ndarray,
+        image_size: int,
+        device: torch.device,
+        image_freq: int,
+        eval_data: str | None,
+        eval_freq: int,
+        num_images: int = 8,
+    ) -> None:
         self.writer, self.device = writer, device
         self.image_freq, self.eval_freq = image_freq, eval_freq
         self.images = None
@@ -70,8 +79,9 @@ class Monitor:
         scores: dict[str, float] = {}
         with teacher_in_eval_mode(model) as teacher:
             if self.images is not None and epoch % self.image_freq == 0:
-                self.writer.add_images("teacher/assignments", self.assignment_picture(teacher), iteration,
-                                       dataformats="NHWC")
+                self.writer.add_images(
+                    "teacher/assignments", self.assignment_picture(teacher), iteration, dataformats="NHWC"
+                )
             if self.eval_set is not None and epoch % self.eval_freq == 0:
                 scores = self.evaluate(teacher)
                 for name, value in scores.items():
@@ -85,13 +95,14 @@ class Monitor:
         dots = teacher(normalize(self.images, self.device))
         labels = pixel_assignments(dots, self.images.shape[1:3]).cpu().numpy()
         palette = prototype_palette(dots.shape[1])
-        overlays = np.stack([assignment_overlay(image, label, palette)
-                             for image, label in zip(self.images, labels, strict=True)])
+        overlays = np.stack(
+            [assignment_overlay(image, label, palette) for image, label in zip(self.images, labels, strict=True)]
+        )
         return np.concatenate([self.images, overlays], axis=2)
 
     def evaluate(self, teacher: SlotConTeacher) -> dict[str, float]:
         source = base_dataset(self.eval_set)
         result = unsupervised_seg.run_unsupervised_seg(
-            teacher, backbone_batches(teacher, self.eval_set, 64, self.device), source.num_classes,
-            source.class_names)
+            teacher, backbone_batches(teacher, self.eval_set, 64, self.device), source.num_classes, source.class_names
+        )
         return unsupervised_seg.summary_row(result)

@@ -37,8 +37,9 @@ def instance_contingency(instance: Tensor, segments: Tensor, num_segments: int) 
     """Per image, ``N[b, i, s]`` = number of pixels of instance i (0 = background) in segment s: int64
     [B, I, S] with I = the largest instance id + 1. One ``bincount`` over the batch."""
     if instance.shape != segments.shape or instance.dim() != 3:
-        raise ValueError(f"instance {tuple(instance.shape)} and segments {tuple(segments.shape)} must both be "
-                         f"[B, H, W]")
+        raise ValueError(
+            f"instance {tuple(instance.shape)} and segments {tuple(segments.shape)} must both be [B, H, W]"
+        )
     instance, segments = instance.long(), segments.long()
     if segments.numel() and (segments.min() < 0 or segments.max() >= num_segments):
         raise ValueError(f"segment ids must lie in 0..{num_segments - 1}")
@@ -79,14 +80,19 @@ def score_segments(batches: Iterable[tuple[Tensor, Tensor]], num_segments: int) 
     aris_array = np.array(aris)
     defined = aris_array[np.isfinite(aris_array)]
     best_all = np.concatenate(overlaps)
-    return {"fg_ari": float(defined.mean()) if defined.size else float("nan"),
-            "mbo": float(best_all.mean()) if best_all.size else float("nan"),
-            "num_images": len(aris), "num_images_with_fg_ari": int(defined.size), "num_objects": int(best_all.size)}
+    return {
+        "fg_ari": float(defined.mean()) if defined.size else float("nan"),
+        "mbo": float(best_all.mean()) if best_all.size else float("nan"),
+        "num_images": len(aris),
+        "num_images_with_fg_ari": int(defined.size),
+        "num_objects": int(best_all.size),
+    }
 
 
 @torch.no_grad()
 def run_object_discovery(model: SlotConTeacher, batches: Iterable[Batch]) -> dict[str, Any]:
     """FG-ARI and mBO of the teacher's prototype maps over batches that carry instance maps."""
+
     def segment_batches():
         for batch in batches:
             if batch.instance is None:
@@ -117,8 +123,9 @@ def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
     return f"object discovery, {args.dataset} eval ({result['num_images']} images, {result['num_objects']} objects)"
 
 
-EVALUATION = Evaluation("python -m eval.object_discovery", __doc__.splitlines()[0], evaluate, summary_row, describe,
-                        check=check_dataset)
+EVALUATION = Evaluation(
+    "python -m eval.object_discovery", __doc__.splitlines()[0], evaluate, summary_row, describe, check=check_dataset
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,24 +28,35 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
     train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
     results: dict[str, Any] = {
         "unsupervised_seg": unsupervised_seg.run_unsupervised_seg(
-            model, evaluation.batches(args.batch_size, device), evaluation.num_classes, evaluation.class_names),
-        "linear_probe": linear_probe.run_linear_probe(train, evaluation, device, args.epochs, args.lr,
-                                                      args.batch_size, args.seed),
+            model, evaluation.batches(args.batch_size, device), evaluation.num_classes, evaluation.class_names
+        ),
+        "linear_probe": linear_probe.run_linear_probe(
+            train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed
+        ),
         "dense_retrieval": dense_retrieval.run_from_args(
-            args, train.batches(args.batch_size, device), evaluation.batches(args.batch_size, device), len(train),
-            evaluation.num_classes, evaluation.class_names)}
+            args,
+            train.batches(args.batch_size, device),
+            evaluation.batches(args.batch_size, device),
+            len(train),
+            evaluation.num_classes,
+            evaluation.class_names,
+        ),
+    }
     if evaluation.instance is not None:
         results["knn"] = knn.run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
         results["object_discovery"] = object_discovery.run_object_discovery(
-            model, evaluation.batches(args.batch_size, device))
+            model, evaluation.batches(args.batch_size, device)
+        )
     return results
 
 
 def summary_row(results: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of every evaluation that ran."""
-    row = {**unsupervised_seg.summary_row(results["unsupervised_seg"]),
-           **linear_probe.summary_row(results["linear_probe"]),
-           "retrieval_miou": dense_retrieval.summary_row(results["dense_retrieval"])["retrieval_miou"]}
+    row = {
+        **unsupervised_seg.summary_row(results["unsupervised_seg"]),
+        **linear_probe.summary_row(results["linear_probe"]),
+        "retrieval_miou": dense_retrieval.summary_row(results["dense_retrieval"])["retrieval_miou"],
+    }
     if "knn" in results:
         row.update(knn.summary_row(results["knn"]))
     if "object_discovery" in results:
@@ -65,8 +76,16 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     dense_retrieval.add_options(parser, k_flag="--retrieval-k", temperature_flag="--retrieval-temperature")
 
 
-EVALUATION = Evaluation("python -m eval.report", __doc__.splitlines()[0], evaluate, summary_row, describe,
-                        add_options, dense_retrieval.check_options, multiple=True)
+EVALUATION = Evaluation(
+    "python -m eval.report",
+    __doc__.splitlines()[0],
+    evaluate,
+    summary_row,
+    describe,
+    add_options,
+    dense_retrieval.check_options,
+    multiple=True,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

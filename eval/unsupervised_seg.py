@@ -53,17 +53,21 @@ def cluster_confusion(model: SlotConTeacher, batches: Iterable[Batch], num_class
 
 def score_clusters(confusion: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Hungarian and majority-vote mIoU / pixel accuracy of a [C, K] cluster confusion."""
-    result: dict[str, Any] = {"num_classes": len(class_names), "class_names": list(class_names),
-                              "num_clusters": confusion.shape[1],
-                              "active_clusters": int((confusion.sum(dim=0) > 0).sum())}
+    result: dict[str, Any] = {
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "num_clusters": confusion.shape[1],
+        "active_clusters": int((confusion.sum(dim=0) > 0).sum()),
+    }
     for name, match in (("hungarian", hungarian_match), ("majority", majority_vote_match)):
         mapping = match(confusion)
         result[name] = {**matched_scores(confusion, mapping), "mapping": mapping.tolist()}
     return result
 
 
-def run_unsupervised_seg(model: SlotConTeacher, batches: Iterable[Batch], num_classes: int,
-                         class_names: Sequence[str]) -> dict[str, Any]:
+def run_unsupervised_seg(
+    model: SlotConTeacher, batches: Iterable[Batch], num_classes: int, class_names: Sequence[str]
+) -> dict[str, Any]:
     """Cluster the pixels of every batch with the prototypes and score both matchings."""
     return score_clusters(cluster_confusion(model, batches, num_classes), class_names)
 
@@ -71,22 +75,32 @@ def run_unsupervised_seg(model: SlotConTeacher, batches: Iterable[Batch], num_cl
 def summary_row(result: dict[str, Any]) -> dict[str, float]:
     """The four headline numbers of a result, for tables."""
     hungarian, majority = result["hungarian"], result["majority"]
-    return {"seg_hungarian_miou": hungarian["miou"], "seg_hungarian_acc": hungarian["pixel_accuracy"],
-            "seg_majority_miou": majority["miou"], "seg_majority_acc": majority["pixel_accuracy"]}
+    return {
+        "seg_hungarian_miou": hungarian["miou"],
+        "seg_hungarian_acc": hungarian["pixel_accuracy"],
+        "seg_majority_miou": majority["miou"],
+        "seg_majority_acc": majority["pixel_accuracy"],
+    }
 
 
 def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
     dataset = load_split(args, "eval")
     source = base_dataset(dataset)
-    result = run_unsupervised_seg(model, backbone_batches(model, dataset, args.batch_size, device, args.workers),
-                                  source.num_classes, source.class_names)
+    result = run_unsupervised_seg(
+        model,
+        backbone_batches(model, dataset, args.batch_size, device, args.workers),
+        source.num_classes,
+        source.class_names,
+    )
     result.update(split="eval", num_images=len(dataset), image_size=source.image_size)
     return result
 
 
 def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
-    return (f"unsupervised segmentation, {args.dataset} eval ({result['num_images']} images, {result['num_classes']} "
-            f"classes, {result['active_clusters']}/{result['num_clusters']} prototypes used)")
+    return (
+        f"unsupervised segmentation, {args.dataset} eval ({result['num_images']} images, {result['num_classes']} "
+        f"classes, {result['active_clusters']}/{result['num_clusters']} prototypes used)"
+    )
 
 
 EVALUATION = Evaluation("python -m eval.unsupervised_seg", __doc__.splitlines()[0], evaluate, summary_row, describe)

@@ -96,7 +96,7 @@ class Picture:
 
     def cell(self, row: int, col: int) -> np.ndarray:
         top, left = self.boxes[row][col]
-        return self.array[top:top + self.cell_size[0], left:left + self.cell_size[1]]
+        return self.array[top : top + self.cell_size[0], left : left + self.cell_size[1]]
 
     def save(self, path: str | os.PathLike, dpi: int) -> None:
         """Write the picture (format from the suffix; JPEG at quality 95), tagged with ``dpi``."""
@@ -104,9 +104,13 @@ class Picture:
         Image.fromarray(self.array).save(path, dpi=(dpi, dpi), **extra)
 
 
-def compose_grid(cells: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str] | None = None,
-                 row_captions: Sequence[Sequence[CaptionPart]] | None = None, gap: int = 4,
-                 font_size: int = 12) -> Picture:
+def compose_grid(
+    cells: Sequence[Sequence[np.ndarray]],
+    column_titles: Sequence[str] | None = None,
+    row_captions: Sequence[Sequence[CaptionPart]] | None = None,
+    gap: int = 4,
+    font_size: int = 12,
+) -> Picture:
     """Lay ``cells[r][c]`` (uint8 [h, w, 3], all one size) out as rows and columns, ``gap`` pixels apart."""
     rows, cols = len(cells), len(cells[0])
     height, width = cells[0][0].shape[:2]
@@ -133,8 +137,9 @@ def compose_grid(cells: Sequence[Sequence[np.ndarray]], column_titles: Sequence[
     return Picture(np.asarray(canvas).copy(), boxes, (height, width))
 
 
-def _draw_caption(draw: ImageDraw.ImageDraw, parts: Sequence[CaptionPart], origin: tuple[int, int], size: int,
-                  font) -> None:
+def _draw_caption(
+    draw: ImageDraw.ImageDraw, parts: Sequence[CaptionPart], origin: tuple[int, int], size: int, font
+) -> None:
     x, y = origin
     for part in parts:
         if isinstance(part, tuple):

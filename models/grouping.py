@@ -58,11 +58,12 @@ def pixel_assignments(scores: Tensor, size: tuple[int, int], max_elements: int =
     prototypes_per_chunk = max(1, min(num_prototypes, max_elements // (images_per_chunk * pixels)))
     labels = torch.empty((num_images, *size), dtype=torch.long, device=scores.device)
     for start in range(0, num_images, images_per_chunk):
-        part = scores[start:start + images_per_chunk].float()
+        part = scores[start : start + images_per_chunk].float()
         best = best_index = None
         for first in range(0, num_prototypes, prototypes_per_chunk):
-            upsampled = F.interpolate(part[:, first:first + prototypes_per_chunk], size=size, mode="bilinear",
-                                      align_corners=False)
+            upsampled = F.interpolate(
+                part[:, first : first + prototypes_per_chunk], size=size, mode="bilinear", align_corners=False
+            )
             value, index = upsampled.max(dim=1)
             if best is None:
                 best, best_index = value, index
@@ -70,5 +71,5 @@ def pixel_assignments(scores: Tensor, size: tuple[int, int], max_elements: int =
                 better = value > best
                 best = torch.where(better, value, best)
                 best_index = torch.where(better, index + first, best_index)
-        labels[start:start + part.shape[0]] = best_index
+        labels[start : start + part.shape[0]] = best_index
     return labels

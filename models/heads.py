@@ -26,8 +26,9 @@ class MLPHead(nn.Module):
     Weights ~ N(0, 0.02) truncated at +-2 (absolute, i.e. practically untruncated), biases 0.
     """
 
-    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int, num_layers: int = 3,
-                 per_pixel: bool = False) -> None:
+    def __init__(
+        self, dim_in: int, dim_hidden: int, dim_out: int, num_layers: int = 3, per_pixel: bool = False
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("an MLP head needs at least one layer")

@@ -28,16 +28,16 @@ def align_to_overlap(scores: Tensor, boxes: Tensor, flipped: Tensor) -> Tensor:
     x1, y1, x2, y2 = boxes.float().unbind(dim=1)  # scaled with Python numbers: no host-to-device copy
     batch_index = torch.arange(b, device=boxes.device, dtype=torch.float32)
     rois = torch.stack([batch_index, x1 * w, y1 * h, x2 * w, y2 * h], dim=1)
-    aligned = roi_align(scores.float(), rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=-1,
-                        aligned=True)
+    aligned = roi_align(scores.float(), rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return torch.where(flipped.view(b, 1, 1, 1), aligned.flip(-1), aligned)
 
 
-def group_loss(student_scores: Tensor, teacher_scores: Tensor, center: Tensor, student_temp: float,
-               teacher_temp: float) -> Tensor:
+def group_loss(
+    student_scores: Tensor, teacher_scores: Tensor, center: Tensor, student_temp: float, teacher_temp: float
+) -> Tensor:
     """Pixel-level self-distillation between aligned score maps [B, K, H, W] (rows r = pixels).
 
-        L = 1/N sum_r sum_k -softmax_k((t_r - c) / teacher_temp) * log_softmax_k(s_r / student_temp)
+    L = 1/N sum_r sum_k -softmax_k((t_r - c) / teacher_temp) * log_softmax_k(s_r / student_temp)
     """
     k = student_scores.shape[1]
     student_rows = student_scores.permute(0, 2, 3, 1).reshape(-1, k).float()
@@ -90,9 +90,15 @@ def _pack_rows(valid: Tensor, multiple: int = 64) -> Tensor:
     return torch.argsort((~valid).to(torch.uint8), stable=True)[:rows]
 
 
-def slot_contrastive_loss(student_slots: Tensor, student_scores: Tensor, teacher_slots: Tensor,
-                          teacher_scores: Tensor, predictor: torch.nn.Module, temp: float = 0.2,
-                          pack_queries: bool = False) -> Tensor:
+def slot_contrastive_loss(
+    student_slots: Tensor,
+    student_scores: Tensor,
+    teacher_slots: Tensor,
+    teacher_scores: Tensor,
+    predictor: torch.nn.Module,
+    temp: float = 0.2,
+    pack_queries: bool = False,
+) -> Tensor:
     """InfoNCE between student slots of view a and teacher slots of view b, keys from all ranks.
 
     Queries are the (image, prototype) pairs active in both maps (argmax of >= 1 pixel in the

@@ -68,8 +68,14 @@ def convert_to_sync_batchnorm(module: nn.Module, use_torch_sync: bool) -> nn.Mod
             convert_to_sync_batchnorm(child, use_torch_sync)
             continue
         sync_cls = nn.SyncBatchNorm if use_torch_sync else MaskedSyncBatchNorm
-        sync = sync_cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
-                        device=child.running_mean.device)
+        sync = sync_cls(
+            child.num_features,
+            child.eps,
+            child.momentum,
+            child.affine,
+            child.track_running_stats,
+            device=child.running_mean.device,
+        )
         sync.load_state_dict(child.state_dict())
         if child.affine:
             sync.requires_grad_(child.weight.requires_grad)

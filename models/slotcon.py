@@ -33,10 +33,19 @@ class SlotCon(nn.Module):
     average, of two equal copies, is left out here).
     """
 
-    def __init__(self, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
-                 num_prototypes: int = 256, teacher_temp: float = 0.07, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, group_loss_weight: float = 0.5, pack_slot_queries: bool = False,
-                 output_stride: int = 32) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        dim_hidden: int = 4096,
+        dim_out: int = 256,
+        num_prototypes: int = 256,
+        teacher_temp: float = 0.07,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        group_loss_weight: float = 0.5,
+        pack_slot_queries: bool = False,
+        output_stride: int = 32,
+    ) -> None:
         super().__init__()
         self.teacher_temp = teacher_temp
         self.student_temp = student_temp
@@ -56,8 +65,11 @@ class SlotCon(nn.Module):
         self.predictor_slot = MLPHead(dim_out, dim_hidden, dim_out)
 
         # The teacher starts as a copy of the student's parameters and is only ever updated by EMA.
-        self._teacher_pairs = [(self.encoder_q, self.encoder_k), (self.projector_q, self.projector_k),
-                               (self.grouping_q, self.grouping_k)]
+        self._teacher_pairs = [
+            (self.encoder_q, self.encoder_k),
+            (self.projector_q, self.projector_k),
+            (self.grouping_q, self.grouping_k),
+        ]
         for student, teacher in self._teacher_pairs:
             for p_s, p_t in zip(student.parameters(), teacher.parameters(), strict=True):
                 p_t.data.copy_(p_s.data)
@@ -106,15 +118,21 @@ class SlotCon(nn.Module):
         aligned_k = [align_to_overlap(s, box, flip) for s, box, flip in zip((sk1, sk2), boxes, flipped, strict=True)]
         loss_group = self.group_loss_weight * (
             group_loss(aligned_q[0], aligned_k[1], self.center, self.student_temp, self.teacher_temp)
-            + group_loss(aligned_q[1], aligned_k[0], self.center, self.student_temp, self.teacher_temp))
+            + group_loss(aligned_q[1], aligned_k[0], self.center, self.student_temp, self.teacher_temp)
+        )
         loss_slot = (1 - self.group_loss_weight) * (
             slot_contrastive_loss(q1, sq1, k2, sk2, self.predictor_slot, pack_queries=self.pack_slot_queries)
-            + slot_contrastive_loss(q2, sq2, k1, sk1, self.predictor_slot, pack_queries=self.pack_slot_queries))
+            + slot_contrastive_loss(q2, sq2, k1, sk1, self.predictor_slot, pack_queries=self.pack_slot_queries)
+        )
         # The centre moves only after both group terms used the previous one.
         self.update_center(torch.cat([sk1, sk2]))
         active = torch.cat([active_prototypes(sk1), active_prototypes(sk2)]).sum(dim=1).float().mean()
-        return {"loss": loss_group + loss_slot, "loss_group": loss_group.detach(),
-                "loss_slot": loss_slot.detach(), "active_slots": active}
+        return {
+            "loss": loss_group + loss_slot,
+            "loss_group": loss_group.detach(),
+            "loss_slot": loss_slot.detach(),
+            "active_slots": active,
+        }
 
 
 class SlotConTeacher(nn.Module):
@@ -131,12 +149,22 @@ class SlotConTeacher(nn.Module):
         self.grouping_k = grouping_k
 
     @classmethod
-    def build(cls, arch: str = "resnet50", dim_hidden: int = 4096, dim_out: int = 256,
-              num_prototypes: int = 256, teacher_temp: float = 0.07, output_stride: int = 32) -> SlotConTeacher:
+    def build(
+        cls,
+        arch: str = "resnet50",
+        dim_hidden: int = 4096,
+        dim_out: int = 256,
+        num_prototypes: int = 256,
+        teacher_temp: float = 0.07,
+        output_stride: int = 32,
+    ) -> SlotConTeacher:
         """A randomly initialised teacher of the given configuration."""
         encoder = build_backbone(arch, output_stride)
-        return cls(encoder, MLPHead(encoder.num_channels, dim_hidden, dim_out, per_pixel=True),
-                   SemanticGrouping(num_prototypes, dim_out, teacher_temp))
+        return cls(
+            encoder,
+            MLPHead(encoder.num_channels, dim_hidden, dim_out, per_pixel=True),
+            SemanticGrouping(num_prototypes, dim_out, teacher_temp),
+        )
 
     @classmethod
     def from_slotcon(cls, model: SlotCon) -> SlotConTeacher:

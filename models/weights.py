@@ -23,10 +23,11 @@ def _pick_network(checkpoint: dict[str, Any], student: bool) -> dict[str, Tensor
     for key, value in state.items():
         for prefix, teacher_prefix in zip(prefixes, TEACHER_PREFIXES, strict=True):
             if key.startswith(prefix):
-                picked[teacher_prefix + key[len(prefix):]] = value
+                picked[teacher_prefix + key[len(prefix) :]] = value
     if not any(k.startswith("encoder_k.") for k in picked):
-        raise CheckpointError(f"checkpoint holds no {_network(student)} backbone weights; is it a full SlotCon "
-                              "checkpoint?")
+        raise CheckpointError(
+            f"checkpoint holds no {_network(student)} backbone weights; is it a full SlotCon checkpoint?"
+        )
     return picked
 
 
@@ -38,8 +39,10 @@ def check_finite(state: dict[str, Tensor], what: str) -> None:
     """Raise ``CheckpointError`` (one line) if any floating-point tensor of ``state`` holds NaN or Inf."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CheckpointError(f"{len(bad)} of the {what}'s {len(state)} tensors hold NaN or Inf (e.g. {bad[0]}); "
-                              "refusing diverged weights: use an earlier checkpoint")
+        raise CheckpointError(
+            f"{len(bad)} of the {what}'s {len(state)} tensors hold NaN or Inf (e.g. {bad[0]}); "
+            "refusing diverged weights: use an earlier checkpoint"
+        )
 
 
 def network_state_dict(checkpoint: dict[str, Any], student: bool = False) -> dict[str, Tensor]:
@@ -59,7 +62,7 @@ def backbone_state_dict(checkpoint: dict[str, Any], student: bool = False) -> di
     Raises ``CheckpointError`` when it is missing or any of its tensors holds NaN or Inf.
     """
     prefix = "encoder_k."
-    backbone = {k[len(prefix):]: v for k, v in _pick_network(checkpoint, student).items() if k.startswith(prefix)}
+    backbone = {k[len(prefix) :]: v for k, v in _pick_network(checkpoint, student).items() if k.startswith(prefix)}
     check_finite(backbone, f"{_network(student)} backbone")
     return backbone
 
@@ -86,8 +89,9 @@ def teacher_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_teacher(path: str | os.PathLike, student: bool = False, map_location: str = "cpu",
-                 expected: dict[str, Any] | None = None) -> SlotConTeacher:
+def load_teacher(
+    path: str | os.PathLike, student: bool = False, map_location: str = "cpu", expected: dict[str, Any] | None = None
+) -> SlotConTeacher:
     """Build a ``SlotConTeacher`` from a full checkpoint (ours or official) and load it strictly.
 
     ``expected``: ``teacher_config`` entries the caller was told (e.g. ``{"num_prototypes": 256}`` from a
@@ -100,8 +104,10 @@ def load_teacher(path: str | os.PathLike, student: bool = False, map_location: s
         for key, value in (expected or {}).items():
             if config[key] != value:
                 flag = "--" + key.replace("_", "-")
-                raise CheckpointError(f"the checkpoint holds a network with {flag} {config[key]}, not {value}: "
-                                      f"drop {flag} or pass {config[key]}")
+                raise CheckpointError(
+                    f"the checkpoint holds a network with {flag} {config[key]}, not {value}: "
+                    f"drop {flag} or pass {config[key]}"
+                )
         teacher = SlotConTeacher.build(**config)
         teacher.load_state_dict(network_state_dict(checkpoint, student))
     except (CheckpointError, RuntimeError, ValueError) as e:

@@ -38,8 +38,7 @@ def main(out_path: str) -> None:
 
     bare = model
     if info.distributed:
-        model = DistributedDataParallel(convert_to_sync_batchnorm(model, use_torch_sync=False),
-                                        broadcast_buffers=False)
+        model = DistributedDataParallel(convert_to_sync_batchnorm(model, use_torch_sync=False), broadcast_buffers=False)
     optimizer = LARS([p for p in bare.parameters() if p.requires_grad], lr=0.5, weight_decay=1e-5)
     losses = []
     for _ in range(2):
@@ -52,8 +51,13 @@ def main(out_path: str) -> None:
         losses.append([v / info.world_size for v in sum_over_ranks(torch.tensor(parts, dtype=torch.float64)).tolist()])
     if info.is_main:
         state = bare.state_dict()
-        picked = ["center", "encoder_q.conv1.weight", "encoder_k.layer4.1.bn2.running_var",
-                  "predictor_slot.mlp.6.weight", "grouping_q.slot_embed.weight"]
+        picked = [
+            "center",
+            "encoder_q.conv1.weight",
+            "encoder_k.layer4.1.bn2.running_var",
+            "predictor_slot.mlp.6.weight",
+            "grouping_q.slot_embed.weight",
+        ]
         Path(out_path).write_text(json.dumps({"losses": losses, **{k: state[k].flatten().tolist() for k in picked}}))
     if info.distributed:
         dist.destroy_process_group()

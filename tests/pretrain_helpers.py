@@ -9,10 +9,36 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "folder", "--arch", "resnet18", "--image-size", "64", "--batch-size", "8",
-        "--dim-hidden", "64", "--dim-out", "32", "--num-prototypes", "16", "--no-fp16", "--device", "cpu",
-        "--optimizer", "lars", "--base-lr", "0.5", "--warmup-epoch", "1", "--print-freq", "1", "--seed", "0",
-        "--no-tensorboard"]
+TINY = [
+    "--dataset",
+    "folder",
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--dim-hidden",
+    "64",
+    "--dim-out",
+    "32",
+    "--num-prototypes",
+    "16",
+    "--no-fp16",
+    "--device",
+    "cpu",
+    "--optimizer",
+    "lars",
+    "--base-lr",
+    "0.5",
+    "--warmup-epoch",
+    "1",
+    "--print-freq",
+    "1",
+    "--seed",
+    "0",
+    "--no-tensorboard",
+]
 
 
 def make_images(root: Path, count: int = 24) -> Path:
@@ -27,13 +53,19 @@ def make_images(root: Path, count: int = 24) -> Path:
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main_pretrain.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "main_pretrain.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "main_pretrain.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "main_pretrain.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def metrics(output: Path) -> dict[int, dict]:

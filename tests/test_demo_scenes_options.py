@@ -94,9 +94,11 @@ def test_palette_gives_each_item_of_a_scene_its_own_hue(fashion) -> None:
 
 
 def test_tint_saturation_zero_gives_grey_items(fashion) -> None:
-    for config in (SceneConfig(size=64, tint_saturation=0.0),
-                   SceneConfig(size=64, class_colours=False, palette=8, tint_saturation=0.0),
-                   SceneConfig(size=64, class_colours=False, palette=0, tint_saturation=0.0)):
+    for config in (
+        SceneConfig(size=64, tint_saturation=0.0),
+        SceneConfig(size=64, class_colours=False, palette=8, tint_saturation=0.0),
+        SceneConfig(size=64, class_colours=False, palette=0, tint_saturation=0.0),
+    ):
         for scene in _scenes(fashion, config, count=6):
             items = scene.image[scene.instance > 0].astype(np.int64)
             assert items.size and np.all(items.max(axis=1) == items.min(axis=1))
@@ -115,8 +117,9 @@ def test_background_saturation_zero_gives_grey_background(fashion) -> None:
 
 
 def test_flat_background_and_colour_range(fashion) -> None:
-    config = SceneConfig(size=64, gradient=0.0, texture_amplitude=0.0, background_range=(100.0, 120.0),
-                         background_saturation=1.0)
+    config = SceneConfig(
+        size=64, gradient=0.0, texture_amplitude=0.0, background_range=(100.0, 120.0), background_saturation=1.0
+    )
     for scene in _scenes(fashion, config, count=6):
         background = scene.background.astype(np.int64)
         spread = background.max(axis=(0, 1)) - background.min(axis=(0, 1))
@@ -135,10 +138,19 @@ def test_texture_amplitude_and_cells_shape_the_background(fashion) -> None:
     assert none < smooth < fine
 
 
-@pytest.mark.parametrize("field, value", [("palette", -1), ("class_hue_jitter", 0.5),
-                                          ("tint_saturation", 1.5), ("background_saturation", -0.1),
-                                          ("gradient", 2.0), ("texture_amplitude", -1.0), ("texture_cells", (5, 2)),
-                                          ("background_range", (200.0, 100.0))])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("palette", -1),
+        ("class_hue_jitter", 0.5),
+        ("tint_saturation", 1.5),
+        ("background_saturation", -0.1),
+        ("gradient", 2.0),
+        ("texture_amplitude", -1.0),
+        ("texture_cells", (5, 2)),
+        ("background_range", (200.0, 100.0)),
+    ],
+)
 def test_bad_options_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         SceneConfig(size=64, **{field: value})

@@ -16,10 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _dry_run(tmp_path: Path, **env: str) -> tuple[int, str, str]:
-    full_env = {**os.environ, "PYTHON": sys.executable, "DEMO_DRY_RUN": "1", "DEMO_DATA": str(tmp_path / "data"),
-                "DEMO_OUT": str(tmp_path / "out"), **env}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=full_env, capture_output=True, text=True,
-                          timeout=60)
+    full_env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DEMO_DRY_RUN": "1",
+        "DEMO_DATA": str(tmp_path / "data"),
+        "DEMO_OUT": str(tmp_path / "out"),
+        **env,
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh")], env=full_env, capture_output=True, text=True, timeout=60
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -31,9 +38,18 @@ def test_cpu_recipe(tmp_path: Path) -> None:
     code, out, err = _dry_run(tmp_path, DEMO_DEVICE="cpu", DEMO_CPU_BF16="0")
     assert code == 0, err
     [train] = _commands(out, "main_pretrain.py")
-    for flag in ("--device cpu", "--no-fp16", "--epochs 3", "--image-size 64", "--output-stride 8",
-                 "--num-prototypes 16", "--center-momentum 0.97", "--batch-size 16", "--seed 0",
-                 f"--output-dir {tmp_path / 'out'} "):
+    for flag in (
+        "--device cpu",
+        "--no-fp16",
+        "--epochs 3",
+        "--image-size 64",
+        "--output-stride 8",
+        "--num-prototypes 16",
+        "--center-momentum 0.97",
+        "--batch-size 16",
+        "--seed 0",
+        f"--output-dir {tmp_path / 'out'} ",
+    ):
         assert flag in train, flag
     [report] = _commands(out, "eval.report")
     assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report and "--image-size 128" in report
@@ -56,17 +72,32 @@ def test_cpu_bfloat16_follows_the_cpu(tmp_path: Path) -> None:
 
 def test_compute_threads_leave_a_core_for_the_loader(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env.update(PYTHON=sys.executable, DEMO_DRY_RUN="1", DEMO_DEVICE="cpu", DEMO_DATA=str(tmp_path / "d"),
-               DEMO_OUT=str(tmp_path / "o"))
+    env.update(
+        PYTHON=sys.executable,
+        DEMO_DRY_RUN="1",
+        DEMO_DEVICE="cpu",
+        DEMO_DATA=str(tmp_path / "d"),
+        DEMO_OUT=str(tmp_path / "o"),
+    )
     for cores, threads in (("0", 1), ("0,1", 1), ("0,1,2,3", 3)):
         if len(cores.split(",")) > len(os.sched_getaffinity(0)):
             continue
-        done = subprocess.run(["taskset", "-c", cores, "bash", str(ROOT / "scripts" / "demo.sh")], env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["taskset", "-c", cores, "bash", str(ROOT / "scripts" / "demo.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         assert f"on cpu (OMP_NUM_THREADS={threads})," in done.stdout, (cores, done.stdout)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env={**env, "OMP_NUM_THREADS": "5"},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh")],
+        env={**env, "OMP_NUM_THREADS": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "on cpu (OMP_NUM_THREADS=5)," in done.stdout  # the user's setting wins
 
 

@@ -94,8 +94,10 @@ def test_iou_skips_absent_classes_and_counts_unassigned_as_wrong() -> None:
 def _brute_force_best(confusion: np.ndarray) -> float:
     """Best total overlap over every injective class -> cluster assignment (C <= K)."""
     num_classes, num_clusters = confusion.shape
-    return max(sum(confusion[c, k] for c, k in enumerate(clusters))
-               for clusters in itertools.permutations(range(num_clusters), num_classes))
+    return max(
+        sum(confusion[c, k] for c, k in enumerate(clusters))
+        for clusters in itertools.permutations(range(num_clusters), num_classes)
+    )
 
 
 @pytest.mark.parametrize("shape", [(4, 4), (3, 5), (5, 5)])
@@ -113,11 +115,13 @@ def test_hungarian_matches_brute_force_and_scipy(shape: tuple[int, int]) -> None
 
 
 def test_majority_vote_hand_built() -> None:
-    confusion = np.array([  # rows = classes, columns = clusters
-        [5, 0, 2, 0, 4],
-        [1, 0, 3, 0, 0],
-        [0, 7, 1, 0, 5],
-    ])
+    confusion = np.array(
+        [  # rows = classes, columns = clusters
+            [5, 0, 2, 0, 4],
+            [1, 0, 3, 0, 0],
+            [0, 7, 1, 0, 5],
+        ]
+    )
     assert majority_vote_match(confusion).tolist() == [0, 2, 1, UNASSIGNED, 2]
 
 
@@ -163,14 +167,27 @@ def test_cocostuff_table_shape() -> None:
 def test_cocostuff_reader_maps_fine_to_coarse_and_crops(tmp_path: Path) -> None:
     # Label values are COCO-Stuff ids - 1: person=1, bicycle=2, street sign=12, giraffe=25, carpet=101,
     # banner=92, sky-other=157, wood=182, fog=120, toaster=80; 182 is not a class, 255 is unlabelled.
-    fine = np.array([
-        [0, 1, 91, 156, 255, 11],
-        [24, 100, 181, 119, 79, 182],
-        [0, 0, 156, 156, 91, 91],
-        [11, 24, 100, 181, 255, 0],
-    ], dtype=np.uint8)
-    named = {0: "person", 1: "vehicle", 11: "outdoor", 24: "animal", 79: "appliance", 91: "textile", 100: "floor",
-             119: "water", 156: "sky", 181: "solid"}
+    fine = np.array(
+        [
+            [0, 1, 91, 156, 255, 11],
+            [24, 100, 181, 119, 79, 182],
+            [0, 0, 156, 156, 91, 91],
+            [11, 24, 100, 181, 255, 0],
+        ],
+        dtype=np.uint8,
+    )
+    named = {
+        0: "person",
+        1: "vehicle",
+        11: "outdoor",
+        24: "animal",
+        79: "appliance",
+        91: "textile",
+        100: "floor",
+        119: "water",
+        156: "sky",
+        181: "solid",
+    }
     coarse = np.vectorize(lambda v: COCOSTUFF27_CLASSES.index(named[v]) if v in named else IGNORE_INDEX)(fine)
     for folder in ("curated/val2017", "images/val2017", "annotations/val2017"):
         (tmp_path / folder).mkdir(parents=True)
@@ -202,8 +219,13 @@ def test_knn_separable_features_accuracy_one() -> None:
     query_labels = np.tile(np.arange(3), 10)
     train = centres[train_labels] + rng.normal(0, 0.3, size=(90, 5))
     queries = centres[query_labels] + rng.normal(0, 0.3, size=(30, 5))
-    predicted = knn_classify(F.normalize(torch.tensor(train), dim=1), torch.from_numpy(train_labels),
-                             F.normalize(torch.tensor(queries), dim=1), num_classes=3, k=20)
+    predicted = knn_classify(
+        F.normalize(torch.tensor(train), dim=1),
+        torch.from_numpy(train_labels),
+        F.normalize(torch.tensor(queries), dim=1),
+        num_classes=3,
+        k=20,
+    )
     assert float((predicted == torch.from_numpy(query_labels)).float().mean()) == 1.0
 
 
@@ -279,8 +301,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _common(demo_dir: Path, out: Path) -> list[str]:
-    return ["--dataset", "demo", "--data-dir", str(demo_dir), "--image-size", "64", "--batch-size", "4",
-            "--output-json", str(out)]
+    return [
+        "--dataset",
+        "demo",
+        "--data-dir",
+        str(demo_dir),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--output-json",
+        str(out),
+    ]
 
 
 def _in_unit_interval(*values: float) -> bool:
@@ -331,8 +363,15 @@ def test_report_cli(demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path, capsy
     assert models["random"]["unsupervised_seg"]["num_clusters"] == 6
     for results in models.values():
         summary = dict(results["summary"])
-        assert set(summary) >= {"seg_hungarian_miou", "seg_majority_miou", "linear_miou", "retrieval_miou", "knn_top1",
-                                "fg_ari", "mbo"}
+        assert set(summary) >= {
+            "seg_hungarian_miou",
+            "seg_majority_miou",
+            "linear_miou",
+            "retrieval_miou",
+            "knn_top1",
+            "fg_ari",
+            "mbo",
+        }
         assert -1.0 <= summary.pop("fg_ari") <= 1.0  # an ARI can fall below chance
         assert _in_unit_interval(*summary.values())
     table = capsys.readouterr().out

@@ -47,8 +47,10 @@ def test_cli_reads_eval_report_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     paths = []
     for index, run in enumerate(RUNS):
         path = tmp_path / f"eval{index}.json"
-        models = {name: {"summary": {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                     for k, v in row.items()}} for name, row in run.items()}
+        models = {
+            name: {"summary": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}}
+            for name, row in run.items()
+        }
         path.write_text(json.dumps({"dataset": "demo", "models": models}))
         paths.append(str(path))
     assert main(paths) == 0

@@ -53,8 +53,11 @@ def test_ari_matches_brute_force_pair_counting(seed: int) -> None:
     n = int(rng.integers(2, 40))
     a = rng.integers(0, int(rng.integers(1, 5)), size=n)
     # Half the cases: b is a noisy relabelling of a, so the ARI is far from 0.
-    b = np.where(rng.random(n) < 0.8, (a * 7 + 3) % 5, rng.integers(0, 5, size=n)) if seed % 2 else \
-        rng.integers(0, int(rng.integers(1, 6)), size=n)
+    b = (
+        np.where(rng.random(n) < 0.8, (a * 7 + 3) % 5, rng.integers(0, 5, size=n))
+        if seed % 2
+        else rng.integers(0, int(rng.integers(1, 6)), size=n)
+    )
     assert adjusted_rand_index(_contingency(a, b)) == pytest.approx(_ari_by_pair_counting(a, b), abs=1e-12)
 
 
@@ -73,9 +76,7 @@ def test_ari_invariances_and_edge_cases() -> None:
 
 def test_best_overlaps_hand_computed() -> None:
     # Rows: background, object 1, object 2; columns: 3 segments. Areas: rows 10, 4, 6; columns 11, 5, 4.
-    n = np.array([[8, 2, 0],
-                  [3, 1, 0],
-                  [0, 2, 4]])
+    n = np.array([[8, 2, 0], [3, 1, 0], [0, 2, 4]])
     expected = [8 / (10 + 11 - 8), max(3 / (4 + 11 - 3), 1 / (4 + 5 - 1)), 4 / (6 + 4 - 4)]
     assert best_overlaps(n) == pytest.approx(expected)
     assert np.isnan(best_overlaps(np.array([[2, 1], [0, 0]]))[1])  # an empty row has no overlap
@@ -96,14 +97,8 @@ def test_instance_contingency_matches_loop() -> None:
 
 def test_scores_of_a_hand_built_image() -> None:
     """Objects found exactly but the background split in two: FG-ARI ignores the background, mBO does not."""
-    instance = torch.tensor([[[0, 0, 1, 1],
-                              [0, 0, 1, 1],
-                              [0, 0, 2, 2],
-                              [0, 0, 2, 2]]], dtype=torch.uint8)
-    segments = torch.tensor([[[0, 3, 1, 1],
-                              [0, 3, 1, 1],
-                              [0, 3, 2, 2],
-                              [0, 3, 2, 2]]])
+    instance = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]]], dtype=torch.uint8)
+    segments = torch.tensor([[[0, 3, 1, 1], [0, 3, 1, 1], [0, 3, 2, 2], [0, 3, 2, 2]]])
     result = score_segments([(instance, segments)], num_segments=4)
     assert result["fg_ari"] == pytest.approx(1.0) and result["mbo"] == pytest.approx(1.0)
     assert result["num_objects"] == 2
@@ -135,9 +130,26 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cli_scores_a_random_model(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "od.json"
-    argv = ["--checkpoint", "random", "--arch", "resnet18", "--dim-hidden", "32", "--dim-out", "16",
-            "--num-prototypes", "8", "--data-dir", str(demo_dir), "--image-size", "64", "--batch-size", "3",
-            "--output-json", str(out)]
+    argv = [
+        "--checkpoint",
+        "random",
+        "--arch",
+        "resnet18",
+        "--dim-hidden",
+        "32",
+        "--dim-out",
+        "16",
+        "--num-prototypes",
+        "8",
+        "--data-dir",
+        str(demo_dir),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "3",
+        "--output-json",
+        str(out),
+    ]
     assert object_discovery.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["num_images"] == 4 and result["num_objects"] >= 4 * 2  # 2..4 items a scene

@@ -12,8 +12,7 @@ def test_grouping_matches_a_direct_loop_on_a_hand_built_map():
     with torch.no_grad():
         grouping.slot_embed.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]]))
     # 1 image, 2 channels, 2x2 pixels: pixel (0,0) points along +x, (0,1) along +y, ...
-    x = torch.tensor([[[[3.0, 0.0], [-1.0, 0.5]],
-                       [[0.0, 2.0], [-1.0, 0.5]]]])
+    x = torch.tensor([[[[3.0, 0.0], [-1.0, 0.5]], [[0.0, 2.0], [-1.0, 0.5]]]])
     slots, dots = grouping(x)
 
     protos = grouping.slot_embed.weight.detach().numpy().astype(np.float64)

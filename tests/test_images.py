@@ -184,8 +184,10 @@ def test_label_maps_must_be_single_channel(tmp_path):
         read_label_map(_saved(tmp_path, Image.new("RGB", (4, 4)), "rgb.png"))
 
 
-@pytest.mark.parametrize("width,height,size,resize", [(320, 240, 224, 256), (241, 333, 224, 256), (97, 64, 64, 73),
-                                                      (64, 64, 64, None), (100, 257, 31, 33)])
+@pytest.mark.parametrize(
+    "width,height,size,resize",
+    [(320, 240, 224, 256), (241, 333, 224, 256), (97, 64, 64, 73), (64, 64, 64, None), (100, 257, 31, 33)],
+)
 def test_resize_center_crop_is_torchvision_resize_then_center_crop(width, height, size, resize):
     array = np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)
     image = Image.fromarray(array)
@@ -193,8 +195,9 @@ def test_resize_center_crop_is_torchvision_resize_then_center_crop(width, height
     got = resize_center_crop(image, size, resize)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     nearest = T.CenterCrop(size)(T.Resize(resize or size, interpolation=T.InterpolationMode.NEAREST)(image))
-    np.testing.assert_array_equal(np.asarray(resize_center_crop(image, size, resize, Image.Resampling.NEAREST)),
-                                  np.asarray(nearest))
+    np.testing.assert_array_equal(
+        np.asarray(resize_center_crop(image, size, resize, Image.Resampling.NEAREST)), np.asarray(nearest)
+    )
 
 
 def test_read_center_crop_of_a_sixteen_bit_file(tmp_path):

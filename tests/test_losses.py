@@ -19,8 +19,9 @@ def test_full_box_reproduces_the_map_and_flip_is_undone():
     # A flipped view's map is mirrored and its box mirrored; alignment must give the unflipped result.
     box = torch.tensor([[0.1, 0.2, 0.7, 0.9], [0.3, 0.0, 1.0, 0.6]])
     mirrored = torch.tensor([mirror_box(tuple(b.tolist())) for b in box])
-    torch.testing.assert_close(align_to_overlap(scores.flip(-1), mirrored, torch.tensor([True, True])),
-                               align_to_overlap(scores, box, no_flip))
+    torch.testing.assert_close(
+        align_to_overlap(scores.flip(-1), mirrored, torch.tensor([True, True])), align_to_overlap(scores, box, no_flip)
+    )
 
 
 def _coordinate_map(view: Box, size: int, flipped: bool) -> torch.Tensor:
@@ -125,8 +126,9 @@ def _reference_contrastive(q, sq, k, sk, predictor, temp=0.2):
 
 
 def _plain_predictor(head: MLPHead) -> nn.Sequential:
-    layers = [nn.BatchNorm1d(m.num_features) if isinstance(m, MaskedSyncBatchNorm) else copy.deepcopy(m)
-              for m in head.mlp]
+    layers = [
+        nn.BatchNorm1d(m.num_features) if isinstance(m, MaskedSyncBatchNorm) else copy.deepcopy(m) for m in head.mlp
+    ]
     plain = nn.Sequential(*layers)
     plain.load_state_dict(head.mlp.state_dict())
     return plain

@@ -53,8 +53,22 @@ def test_a_folder_of_only_unreadable_files_stops_with_one_line(tmp_path):
     bad.mkdir()
     for i in range(12):
         (bad / f"{i:02d}.jpg").write_bytes(b"not a jpeg " * i)
-    done = run([*TINY, "--epochs", "1", "--data-dir", str(bad), "--output-dir", str(tmp_path / "out"),
-                "--num-workers", "2", "--tensorboard", "--tb-image-freq", "0"])
+    done = run(
+        [
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(bad),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--num-workers",
+            "2",
+            "--tensorboard",
+            "--tb-image-freq",
+            "0",
+        ]
+    )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"--data-dir {bad}" in done.stderr and "could not be read" in done.stderr

@@ -43,8 +43,7 @@ def test_a_second_run_on_a_live_output_dir_stops_naming_it_and_a_killed_one_bloc
     try:
         _wait_for_steps(first, out, 2)
         log_before = (out / "log.txt").read_text()
-        second = run([*TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(out),
-                      "--auto-resume"])
+        second = run([*TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(out), "--auto-resume"])
         assert second.returncode == 1
         message = _one_line_error(second.stderr)
         assert f"--output-dir {out} is in use by another run (pid {first.pid}" in message
@@ -57,8 +56,20 @@ def test_a_second_run_on_a_live_output_dir_stops_naming_it_and_a_killed_one_bloc
     # The kernel freed the dead holder's lock: --auto-resume goes on, and removes the temp file a killed save left.
     stale = out / ".current.pth.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    resumed = run([*TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(out), "--auto-resume",
-                   "--num-workers", "0"])
+    resumed = run(
+        [
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(image_dir),
+            "--output-dir",
+            str(out),
+            "--auto-resume",
+            "--num-workers",
+            "0",
+        ]
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not stale.exists()
 
@@ -78,9 +89,27 @@ def test_a_save_that_fails_keeps_nothing_half_written_and_exits_with_its_code(im
 
 def test_checkpoints_take_the_umask_mode(image_dir, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run(["bash", "-c", f"umask 002 && exec {sys.executable} main_pretrain.py \"$@\"", "-",
-                           *TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(out),
-                           "--num-workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'umask 002 && exec {sys.executable} main_pretrain.py "$@"',
+            "-",
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(image_dir),
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("current.pth", "ckpt_epoch_1.pth"):
         assert (out / name).stat().st_mode & 0o777 == 0o664, name
@@ -105,10 +134,29 @@ def test_two_processes_stop_together_when_rank_0_cannot_save(image_dir, tmp_path
     out.mkdir()
     (out / "current.pth").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "scripts/torchrun.py", "--standalone", "--nproc_per_node=2",
-                           "main_pretrain.py", *TINY, "--epochs", "2", "--data-dir", str(image_dir),
-                           "--output-dir", str(out), "--num-workers", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/torchrun.py",
+            "--standalone",
+            "--nproc_per_node=2",
+            "main_pretrain.py",
+            *TINY,
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(image_dir),
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     # Both ranks learn of the failure at the save (no rank waits forever in a collective) and exit 74.
     assert done.returncode == EXIT_SAVE_FAILED, (done.stdout + done.stderr)[-3000:]
     assert "current.pth" in done.stderr

@@ -38,8 +38,21 @@ def test_defaults_write_pictures_and_eval_scalars_to_tensorboard(data, tmp_path)
 
     images, scenes = data
     out = tmp_path / "run"
-    done = run([*DEFAULTS, "--data-dir", str(images), "--epochs", "1", "--output-dir", str(out),
-                "--eval-data", str(scenes), "--eval-freq", "1"])
+    done = run(
+        [
+            *DEFAULTS,
+            "--data-dir",
+            str(images),
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(out),
+            "--eval-data",
+            str(scenes),
+            "--eval-freq",
+            "1",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Logging error" not in done.stderr
     log = (out / "log.txt").read_text(encoding="utf-8")
@@ -61,8 +74,23 @@ def test_defaults_write_pictures_and_eval_scalars_to_tensorboard(data, tmp_path)
 def test_without_tensorboard_the_scores_reach_the_log(data, tmp_path):
     images, scenes = data
     out = tmp_path / "run"
-    done = run([*TINY, "--data-dir", str(images), "--epochs", "1", "--output-dir", str(out), "--num-workers", "0",
-                "--eval-data", str(scenes), "--eval-freq", "1"])
+    done = run(
+        [
+            *TINY,
+            "--data-dir",
+            str(images),
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "0",
+            "--eval-data",
+            str(scenes),
+            "--eval-freq",
+            "1",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert not (out / "tensorboard").exists()
     scores = _logged_scores((out / "log.txt").read_text(encoding="utf-8"))
@@ -72,8 +100,21 @@ def test_without_tensorboard_the_scores_reach_the_log(data, tmp_path):
 def test_eval_data_that_is_no_demo_dataset_is_one_line(data, tmp_path):
     images, _ = data
     (tmp_path / "nothing").mkdir()  # a folder, but no demo scenes in it (a missing one is a flag check)
-    done = run([*TINY, "--data-dir", str(images), "--epochs", "1", "--output-dir", str(tmp_path / "run"),
-                "--num-workers", "0", "--eval-data", str(tmp_path / "nothing")])
+    done = run(
+        [
+            *TINY,
+            "--data-dir",
+            str(images),
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--num-workers",
+            "0",
+            "--eval-data",
+            str(tmp_path / "nothing"),
+        ]
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--eval-data: no demo dataset at" in done.stderr
 
@@ -97,5 +138,6 @@ def test_assignment_picture_is_each_image_beside_its_overlay():
     assert picture.shape == (2, 64, 128, 3) and picture.dtype == np.uint8
     for i in range(2):
         np.testing.assert_array_equal(picture[i, :, :64], monitor.images[i])
-        np.testing.assert_array_equal(picture[i, :, 64:], assignment_overlay(monitor.images[i], labels[i],
-                                                                             prototype_palette(6)))
+        np.testing.assert_array_equal(
+            picture[i, :, 64:], assignment_overlay(monitor.images[i], labels[i], prototype_palette(6))
+        )

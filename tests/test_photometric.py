@@ -24,13 +24,17 @@ def images() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("form", ["per_sample", "fixed_shape"])
-@pytest.mark.parametrize("op_index, theirs", list(enumerate([TF.adjust_brightness, TF.adjust_contrast,
-                                                               TF.adjust_saturation, TF.adjust_hue])))
+@pytest.mark.parametrize(
+    "op_index, theirs", list(enumerate([TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]))
+)
 def test_each_jitter_op_alone_matches_torchvision(images, form, op_index, theirs):
     from data import photometric
 
-    factors = torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4]) if op_index != 3 else torch.tensor(
-        [-0.1, -0.05, 0.0, 0.03, 0.1, 0.07])
+    factors = (
+        torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4])
+        if op_index != 3
+        else torch.tensor([-0.1, -0.05, 0.0, 0.03, 0.1, 0.07])
+    )
     params = _params(6, VIEW1)
     params.factors[:] = torch.tensor([1.0, 1.0, 1.0, 0.0])
     params.factors[:, op_index] = factors
@@ -49,8 +53,12 @@ def test_hue_matches_torchvision(images):
 def test_blur_matches_a_gaussian_inside_and_pil_overall(images):
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.0])
     ours = gaussian_blur(images, sigma)
-    reference = torch.stack([TF.gaussian_blur(img, [13, 13], [s.item()] * 2) if s > 0 else img
-                             for img, s in zip(images, sigma, strict=True)])
+    reference = torch.stack(
+        [
+            TF.gaussian_blur(img, [13, 13], [s.item()] * 2) if s > 0 else img
+            for img, s in zip(images, sigma, strict=True)
+        ]
+    )
     torch.testing.assert_close(ours[..., 6:-6, 6:-6], reference[..., 6:-6, 6:-6])  # torchvision pads by reflection
     torch.testing.assert_close(ours[5], images[5])  # sigma 0: untouched
     # Against PIL's GaussianBlur (the reference's), on 0-255 images: within about one grey level.
@@ -148,5 +156,4 @@ def test_fixed_shape_form_compiles_once_to_one_graph_with_the_same_result(images
         for seed in (5, 6):
             params = _params(6, VIEW2, seed=seed)
             params.solarize[:3] = True
-            torch.testing.assert_close(compiled(images, params), _apply_fixed_shape(images, params),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(compiled(images, params), _apply_fixed_shape(images, params), atol=1e-5, rtol=0)

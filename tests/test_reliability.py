@@ -55,8 +55,13 @@ def _assert_same_run(reference: Path, resumed: Path, note: str) -> None:
             assert got[it][key] == pytest.approx(record[key], rel=1e-6, abs=1e-9), (it, key, note)
     final_a = load_checkpoint(reference / "current.pth")["model"]
     final_b = load_checkpoint(resumed / "current.pth")["model"]
-    for key in ("module.center", "module.encoder_k.conv1.weight", "module.encoder_k.bn1.running_mean",
-                "module.predictor_slot.mlp.0.weight", "module.grouping_k.slot_embed.weight"):
+    for key in (
+        "module.center",
+        "module.encoder_k.conv1.weight",
+        "module.encoder_k.bn1.running_mean",
+        "module.predictor_slot.mlp.0.weight",
+        "module.grouping_k.slot_embed.weight",
+    ):
         torch.testing.assert_close(final_b[key], final_a[key], rtol=1e-5, atol=1e-7)
 
 
@@ -90,9 +95,25 @@ def test_preemption_signal_saves_and_exits_with_its_code(image_dir, uninterrupte
 
 def test_torchrun_restarts_a_killed_worker_and_training_completes(image_dir, tmp_path):
     out = tmp_path / "elastic"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=2",
-           "main_pretrain.py", *EPOCHS_2, "--epochs", "3", "--data-dir", str(image_dir), "--output-dir", str(out),
-           "--num-workers", "0", "--auto-resume"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=2",
+        "main_pretrain.py",
+        *EPOCHS_2,
+        "--epochs",
+        "3",
+        "--data-dir",
+        str(image_dir),
+        "--output-dir",
+        str(out),
+        "--num-workers",
+        "0",
+        "--auto-resume",
+    ]
     agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while logged_iterations(out) < 2 and time.time() < deadline and agent.poll() is None:
@@ -136,8 +157,21 @@ def test_unreadable_images_are_skipped_and_too_many_stop_the_run(tmp_path):
     (images / "part1" / "text.jpg").write_text("not an image")
     good = (images / "part0" / "000.jpg").read_bytes()
     (images / "part1" / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    few = run([*TINY, "--epochs", "2", "--data-dir", str(images), "--output-dir", str(tmp_path / "few"),
-               "--num-workers", "2", "--max-bad-image-fraction", "0.5"])
+    few = run(
+        [
+            *TINY,
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(images),
+            "--output-dir",
+            str(tmp_path / "few"),
+            "--num-workers",
+            "2",
+            "--max-bad-image-fraction",
+            "0.5",
+        ]
+    )
     assert few.returncode == 0, few.stderr
     log = (tmp_path / "few" / "log.txt").read_text()
     assert "skipping unreadable image" in few.stderr + log or "unreadable images skipped" in log
@@ -148,8 +182,21 @@ def test_unreadable_images_are_skipped_and_too_many_stop_the_run(tmp_path):
         (bad / "x").mkdir(parents=True, exist_ok=True)
         (bad / "x" / f"{i}.jpg").write_bytes(b"\xff\xd8 garbage" * i)
     make_images(bad / "ok", count=10)
-    stopped = run([*TINY, "--epochs", "1", "--data-dir", str(bad), "--output-dir", str(tmp_path / "stop"),
-                   "--num-workers", "0", "--max-bad-image-fraction", "0.01"])
+    stopped = run(
+        [
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(bad),
+            "--output-dir",
+            str(tmp_path / "stop"),
+            "--num-workers",
+            "0",
+            "--max-bad-image-fraction",
+            "0.01",
+        ]
+    )
     assert stopped.returncode != 0
     assert "were unreadable" in stopped.stderr and "Traceback" not in stopped.stderr
 
@@ -168,13 +215,28 @@ def test_nonfinite_losses_and_updates_are_undone_and_too_many_stop(image_dir, tm
     after_2 = load_checkpoint(out / "ckpt_epoch_2.pth")
     for key, value in after_1["model"].items():  # no step, no EMA, and the centre and BN statistics as before
         torch.testing.assert_close(after_2["model"][key], value, rtol=0, atol=0, msg=key)
-    for state_1, state_2 in zip(after_1["optimizer"]["state"].values(), after_2["optimizer"]["state"].values(),
-                                strict=True):
+    for state_1, state_2 in zip(
+        after_1["optimizer"]["state"].values(), after_2["optimizer"]["state"].values(), strict=True
+    ):
         assert torch.equal(state_1["mu"], state_2["mu"])
 
     # As a user runs it: TensorBoard on, loader workers.
-    stop = run([*common, "--epochs", "3", "--auto-resume", "--inject-inf-lr-at", "6", "7",
-                "--max-nonfinite-steps", "2", "--tensorboard", "--num-workers", "2"])
+    stop = run(
+        [
+            *common,
+            "--epochs",
+            "3",
+            "--auto-resume",
+            "--inject-inf-lr-at",
+            "6",
+            "7",
+            "--max-nonfinite-steps",
+            "2",
+            "--tensorboard",
+            "--num-workers",
+            "2",
+        ]
+    )
     assert stop.returncode != 0
     assert "2 non-finite steps in a row" in stop.stderr and "Traceback" not in stop.stderr
     named = re.search(r"The last good checkpoint is (\S+) ", stop.stderr)
@@ -198,8 +260,10 @@ def _kill_savers(tmp_path: Path, atomic: bool, rounds: int = 12) -> int:
     broken = 0
     rng = random.Random(0)
     for _ in range(rounds):
-        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_reliability import _saver; "
-                f"_saver({str(path)!r}, True, {atomic})")
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_reliability import _saver; "
+            f"_saver({str(path)!r}, True, {atomic})"
+        )
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "saving"
         time.sleep(rng.uniform(0.05, 0.6))
@@ -219,8 +283,23 @@ def test_checkpoints_survive_a_kill_mid_save(tmp_path):
 
 def test_keep_last_prunes_old_epoch_files(image_dir, tmp_path):
     out = tmp_path / "keep"
-    done = run([*TINY, "--epochs", "4", "--save-freq", "1", "--keep-last", "2", "--data-dir", str(image_dir),
-                "--output-dir", str(out), "--num-workers", "0"])
+    done = run(
+        [
+            *TINY,
+            "--epochs",
+            "4",
+            "--save-freq",
+            "1",
+            "--keep-last",
+            "2",
+            "--data-dir",
+            str(image_dir),
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "0",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_3.pth", "ckpt_epoch_4.pth"]
 
@@ -248,11 +327,14 @@ def test_loading_runs_no_pickled_code_but_reads_official_checkpoints(tmp_path):
         torch.load(evil, weights_only=True)
 
 
-@pytest.mark.parametrize("flags, world, message", [
-    (["--batch-size", "10"], 4, "not divisible by the 4 processes"),
-    (["--image-size", "100"], 1, "multiple of --output-stride 32"),
-    (["--image-size", "100", "--output-stride", "8"], 1, "multiple of --output-stride 8"),
-])
+@pytest.mark.parametrize(
+    "flags, world, message",
+    [
+        (["--batch-size", "10"], 4, "not divisible by the 4 processes"),
+        (["--image-size", "100"], 1, "multiple of --output-stride 32"),
+        (["--image-size", "100", "--output-stride", "8"], 1, "multiple of --output-stride 8"),
+    ],
+)
 def test_bad_flags_are_rejected_before_work(flags, world, message, tmp_path):
     args = get_args_parser().parse_args([*flags, "--output-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match=message):
@@ -265,14 +347,24 @@ def test_bad_paths_and_checkpoints_give_one_line_errors(image_dir, tmp_path):
     cases = [
         (["--data-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o1")], "no such directory"),
         (["--data-dir", str(image_dir), "--output-dir", str(a_file / "sub")], "not writable"),
-        (["--data-dir", str(image_dir), "--output-dir", str(tmp_path / "o2"), "--resume", str(a_file)],
-         "not a loadable checkpoint"),
+        (
+            ["--data-dir", str(image_dir), "--output-dir", str(tmp_path / "o2"), "--resume", str(a_file)],
+            "not a loadable checkpoint",
+        ),
     ]
     trained = tmp_path / "r18"
-    assert run([*TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(trained),
-                "--num-workers", "0"]).returncode == 0
-    cases.append((["--data-dir", str(image_dir), "--output-dir", str(trained), "--auto-resume", "--arch", "resnet34"],
-                  "trained with --arch resnet18"))
+    assert (
+        run(
+            [*TINY, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(trained), "--num-workers", "0"]
+        ).returncode
+        == 0
+    )
+    cases.append(
+        (
+            ["--data-dir", str(image_dir), "--output-dir", str(trained), "--auto-resume", "--arch", "resnet34"],
+            "trained with --arch resnet18",
+        )
+    )
     for flags, message in cases:
         done = run([*TINY, "--epochs", "1", "--num-workers", "0", *flags])
         assert done.returncode != 0
@@ -285,9 +377,26 @@ def test_a_signal_to_the_whole_process_group_saves_despite_loader_workers(image_
     # SLURM (--signal, scancel) and `kill -- -PGID` signal the loader workers too; one killed by it made PyTorch
     # raise in the main process ("DataLoader worker ... is killed by signal: Terminated") before it could save.
     out = tmp_path / "group"
-    proc = subprocess.Popen([sys.executable, "main_pretrain.py", *TINY, "--epochs", "50", "--data-dir", str(image_dir),
-                             "--output-dir", str(out), "--num-workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "main_pretrain.py",
+            *TINY,
+            "--epochs",
+            "50",
+            "--data-dir",
+            str(image_dir),
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while logged_iterations(out) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -7,8 +7,9 @@ from torch import nn
 from models.resnet import ARCHS, build_backbone
 
 
-@pytest.mark.parametrize("arch, channels", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
-                                            ("wide_resnet50_2", 2048)])
+@pytest.mark.parametrize(
+    "arch, channels", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("wide_resnet50_2", 2048)]
+)
 def test_c5_map_has_stride_32_and_reported_width(arch, channels):
     net = build_backbone(arch).eval()
     out = net(torch.randn(1, 3, 96, 64))
@@ -49,8 +50,9 @@ def test_unknown_arch_is_a_clear_error():
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_dilated_output_stride_keeps_every_weight_and_refines_the_map(arch, output_stride):
     strided, dilated = build_backbone(arch), build_backbone(arch, output_stride).eval()
-    assert [(k, v.shape) for k, v in dilated.state_dict().items()] == \
-        [(k, v.shape) for k, v in strided.state_dict().items()]
+    assert [(k, v.shape) for k, v in dilated.state_dict().items()] == [
+        (k, v.shape) for k, v in strided.state_dict().items()
+    ]
     assert dilated(torch.randn(1, 3, 64, 96)).shape[-2:] == (64 // output_stride, 96 // output_stride)
     assert dilated.output_stride == output_stride
 
@@ -74,11 +76,16 @@ def test_output_stride_8_is_torchvisions_dilated_resnet50():
 def test_basic_block_dilation_follows_the_deeplab_rule():
     net = build_backbone("resnet18", 8)
     # layer3: first block at the previous rate (1), then 2; layer4: first block at 2, then 4. No stride left.
-    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in (*net.layer3, *net.layer4)] == \
-        [(1, 1), (2, 2), (2, 2), (4, 4)]
+    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in (*net.layer3, *net.layer4)] == [
+        (1, 1),
+        (2, 2),
+        (2, 2),
+        (4, 4),
+    ]
     assert all(c.padding == c.dilation for b in (*net.layer3, *net.layer4) for c in (b.conv1, b.conv2))
-    assert all(m.stride == (1, 1) for layer in (net.layer3, net.layer4) for m in layer.modules()
-               if isinstance(m, nn.Conv2d))
+    assert all(
+        m.stride == (1, 1) for layer in (net.layer3, net.layer4) for m in layer.modules() if isinstance(m, nn.Conv2d)
+    )
 
 
 def test_unknown_output_stride_is_a_clear_error():

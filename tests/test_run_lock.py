@@ -48,16 +48,23 @@ print("acquired", lock.held)
 
 
 def _start_holder(folder: Path, fork: bool = False) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=str(ROOT)), str(folder),
-                             "fork" if fork else "-"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(root=str(ROOT)), str(folder), "fork" if fork else "-"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     word, child = proc.stdout.readline().split()
     assert word == "locked"
     return proc, int(child)
 
 
 def _contend(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CONTENDER.format(root=str(ROOT)), str(folder)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", CONTENDER.format(root=str(ROOT)), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_second_process_stops_with_one_line_naming_the_holder(tmp_path):

@@ -69,12 +69,15 @@ def _fail(exc_errno: int):
     return failing
 
 
-@pytest.mark.parametrize("where, reason", [
-    ("write", "No space left on device [ENOSPC]"),
-    ("first write", "No space left on device [ENOSPC]"),
-    ("fsync", "Input/output error [EIO]"),
-    ("replace", "No space left on device [ENOSPC]"),
-])
+@pytest.mark.parametrize(
+    "where, reason",
+    [
+        ("write", "No space left on device [ENOSPC]"),
+        ("first write", "No space left on device [ENOSPC]"),
+        ("fsync", "Input/output error [EIO]"),
+        ("replace", "No space left on device [ENOSPC]"),
+    ],
+)
 def test_an_injected_os_failure_keeps_the_previous_file(previous, monkeypatch, where, reason):
     old = previous.read_bytes()
     if where == "write":  # the disk fills up in the middle of the tensors
@@ -116,8 +119,9 @@ def test_a_removed_output_folder_is_named(previous):
     folder.rmdir()
     with pytest.raises(CheckpointSaveError) as failure:
         save_atomic(NEW, previous)
-    _assert_failed_cleanly(failure.value, previous, None, f"No such file or directory [ENOENT] (the folder {folder} "
-                                                          "no longer exists)")
+    _assert_failed_cleanly(
+        failure.value, previous, None, f"No such file or directory [ENOENT] (the folder {folder} no longer exists)"
+    )
 
 
 def _run_unprivileged(fn) -> str:

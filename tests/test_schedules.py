@@ -17,7 +17,7 @@ def test_lr_at_first_warmup_end_and_last_iteration():
     t = epochs * n - 1
     total = (epochs - warm) * n
     assert lr[t] == pytest.approx(1e-6 + (base - 1e-6) * (1 + math.cos(math.pi * (t - w) / total)) / 2)
-    assert lr[t] < base * 1e-2 and all(a >= b for a, b in zip(lr[w:], lr[w + 1:], strict=False))
+    assert lr[t] < base * 1e-2 and all(a >= b for a, b in zip(lr[w:], lr[w + 1 :], strict=False))
 
 
 def test_no_warmup_starts_at_base():

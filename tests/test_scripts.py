@@ -16,8 +16,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 # The flags the issue's user adds to try a recipe on a CPU; the recipes' own flags come first, so these override.
-TRY = ["--arch", "resnet18", "--batch-size", "4", "--epochs", "1", "--image-size", "64", "--dim-hidden", "32",
-       "--num-workers", "0"]
+TRY = [
+    "--arch",
+    "resnet18",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1",
+    "--image-size",
+    "64",
+    "--dim-hidden",
+    "32",
+    "--num-workers",
+    "0",
+]
 QUICK = ["--no-tensorboard", "--no-fp16"]  # bf16 autocast and TensorBoard pictures are slow on a CPU
 # recipe: (data the recipe reads, --dataset, --num-prototypes, --save-freq, images it finds in the tiny tree)
 RECIPES = {
@@ -60,8 +72,9 @@ def _user_env(**extra: str) -> dict[str, str]:
 
 
 def _shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=_user_env(**env), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=_user_env(**env), capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_recipes_are_executable():
@@ -79,8 +92,10 @@ def test_without_gpus_the_original_command_says_what_to_run_instead_and_that_wor
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("./scripts/slotcon_coco_r50_800ep.sh trains on 8 GPUs (GPUS=8) and this machine has "
-                               "none: run GPUS=0 ./scripts/slotcon_coco_r50_800ep.sh to train on the CPU")
+    assert lines[0].startswith(
+        "./scripts/slotcon_coco_r50_800ep.sh trains on 8 GPUs (GPUS=8) and this machine has "
+        "none: run GPUS=0 ./scripts/slotcon_coco_r50_800ep.sh to train on the CPU"
+    )
     instead = re.search(r"run (GPUS=0 \S+) to train", lines[0]).group(1)
     # The suggestion as given, with the user's small flags (recipe defaults otherwise: bf16, TensorBoard on).
     done = _shell(" ".join([instead, *TRY]), checkout)
@@ -100,7 +115,11 @@ def test_each_original_recipe_trains_on_its_dataset_link(checkout, recipe):
     out = checkout / "output" / recipe.removesuffix(".sh")
     config = json.loads((out / "config.json").read_text())
     assert (config["dataset"], config["data_dir"], config["num_prototypes"], config["save_freq"]) == (
-        dataset, f"./{data_dir}", prototypes, save_freq)
+        dataset,
+        f"./{data_dir}",
+        prototypes,
+        save_freq,
+    )
     assert config["num_instances"] == images and config["optimizer"] == "lars" and config["auto_resume"]
     assert (config["arch"], config["epochs"], config["batch_size"]) == ("resnet18", 1, 4)  # the user's flags win
     assert (out / "ckpt_epoch_1.pth").is_file() and "training done" in (out / "log.txt").read_text()
@@ -109,9 +128,11 @@ def test_each_original_recipe_trains_on_its_dataset_link(checkout, recipe):
 def test_a_missing_dataset_and_a_direct_call_of_the_shared_part_are_one_line(checkout, tmp_path):
     done = _shell("GPUS=0 ./scripts/slotcon_imagenet_r50_100ep.sh", checkout, DATA_DIR=str(tmp_path / "nothing"))
     assert done.returncode == 1
-    assert done.stderr.strip() == (f"./scripts/slotcon_imagenet_r50_100ep.sh: no data at {tmp_path / 'nothing'} "
-                                   "(link the dataset there, e.g. ln -s /path/to/the/dataset "
-                                   f"{tmp_path / 'nothing'}, or set DATA_DIR)")
+    assert done.stderr.strip() == (
+        f"./scripts/slotcon_imagenet_r50_100ep.sh: no data at {tmp_path / 'nothing'} "
+        "(link the dataset there, e.g. ln -s /path/to/the/dataset "
+        f"{tmp_path / 'nothing'}, or set DATA_DIR)"
+    )
     done = _shell("./scripts/pretrain_r50.sh", checkout)
     assert done.returncode == 1 and "run one of the recipes" in done.stderr
 
@@ -139,9 +160,13 @@ sys.exit(code if stopped else 99)
 def _launch(tmp_path: Path, launcher: list[str], codes: str, wait: bool) -> subprocess.Popen:
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    return subprocess.Popen([*launcher, "--standalone", "--nproc_per_node=2", str(worker), codes, str(tmp_path),
-                             "wait" if wait else "go"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [*launcher, "--standalone", "--nproc_per_node=2", str(worker), codes, str(tmp_path), "wait" if wait else "go"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _when_ready(tmp_path: Path, proc: subprocess.Popen) -> None:

@@ -148,8 +148,10 @@ def test_output_stride_8_trains_on_finer_maps_and_round_trips_through_a_checkpoi
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     assert model.encoder_q(crops[0]).shape[-2:] == (8, 8)
-    checkpoint = {"model": {f"module.{k}": v for k, v in model.state_dict().items()},
-                  "args": {"arch": "resnet18", "output_stride": 8}}
+    checkpoint = {
+        "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+        "args": {"arch": "resnet18", "output_stride": 8},
+    }
     config = teacher_config(checkpoint)
     assert config["output_stride"] == 8
     teacher = SlotConTeacher.build(**config)

@@ -67,10 +67,16 @@ class FakeSlurm:
         self.script = root / "spool" / "slurm_script"
         self.script.parent.mkdir()
         shutil.copy(ROOT / "scripts" / "slurm_pretrain.sh", self.script)
-        self.env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                    "FAKE_SLURM": str(root), "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NUM_NODES": str(nodes),
-                    "SLURM_JOB_NODELIST": ",".join(["localhost"] * nodes), "SLURM_SUBMIT_DIR": str(ROOT),
-                    "SLURM_CPUS_PER_TASK": "1"}
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "FAKE_SLURM": str(root),
+            "SLURM_JOB_ID": JOB_ID,
+            "SLURM_JOB_NUM_NODES": str(nodes),
+            "SLURM_JOB_NODELIST": ",".join(["localhost"] * nodes),
+            "SLURM_SUBMIT_DIR": str(ROOT),
+            "SLURM_CPUS_PER_TASK": "1",
+        }
 
     def submit(self, args: list[str], env: dict[str, str], interrupt=None, max_starts: int = 4) -> list[int]:
         """Run the job until it stops asking for a requeue; the batch script's exit code of every start.
@@ -81,9 +87,13 @@ class FakeSlurm:
         requests = self.root / "requeued"
         for start in range(max_starts):
             log = open(self.root / f"start{start}.log", "w")  # noqa: SIM115 (closed below)
-            proc = subprocess.Popen(["bash", str(self.script), *args], cwd=self.root,
-                                    env={**self.env, **env, "SLURM_RESTART_COUNT": str(start)},
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                ["bash", str(self.script), *args],
+                cwd=self.root,
+                env={**self.env, **env, "SLURM_RESTART_COUNT": str(start)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 if interrupt is not None:
                     interrupt(start, proc)
@@ -145,8 +155,9 @@ def test_the_job_requeues_itself_only_when_the_run_asks_with_75(tmp_path, code):
     else:
         assert codes == [code] and "requeueing" not in slurm.log(0)
     for node in (0, 1):  # what each node's recipe got: the rendezvous on the first node, the job's id
-        assert (f"node {node}: NNODES=2 RDZV_ENDPOINT=localhost:29999 RDZV_ID={JOB_ID} GPUS=8 cwd={ROOT} "
-                "args=--epochs 3") in slurm.log(0)
+        assert (
+            f"node {node}: NNODES=2 RDZV_ENDPOINT=localhost:29999 RDZV_ID={JOB_ID} GPUS=8 cwd={ROOT} args=--epochs 3"
+        ) in slurm.log(0)
 
 
 def test_a_missing_recipe_is_one_line(tmp_path):
@@ -158,9 +169,34 @@ def test_a_missing_recipe_is_one_line(tmp_path):
 
 # ---- the real thing: two nodes of one gloo process each, SIGUSR1 before the time limit, requeue, resume
 
-FLAGS = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--dim-hidden", "64", "--dim-out", "32",
-         "--num-prototypes", "16", "--no-fp16", "--base-lr", "0.5", "--warmup-epoch", "1", "--print-freq", "1",
-         "--seed", "0", "--no-tensorboard", "--epochs", "2", "--num-workers", "1"]
+FLAGS = [
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--dim-hidden",
+    "64",
+    "--dim-out",
+    "32",
+    "--num-prototypes",
+    "16",
+    "--no-fp16",
+    "--base-lr",
+    "0.5",
+    "--warmup-epoch",
+    "1",
+    "--print-freq",
+    "1",
+    "--seed",
+    "0",
+    "--no-tensorboard",
+    "--epochs",
+    "2",
+    "--num-workers",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +208,20 @@ def coco(tmp_path_factory) -> Path:
     for i in range(24):
         blocks = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
         Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), dtype=np.uint8))).save(
-            root / "train2017" / f"{i:012d}.jpg")
+            root / "train2017" / f"{i:012d}.jpg"
+        )
     return root
 
 
 def _job_env(coco: Path, out: Path) -> dict[str, str]:
-    return {"DATA_DIR": str(coco), "OUTPUT_DIR": str(out), "GPUS": "1", "DEVICE": "cpu",
-            "RDZV_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    return {
+        "DATA_DIR": str(coco),
+        "OUTPUT_DIR": str(out),
+        "GPUS": "1",
+        "DEVICE": "cpu",
+        "RDZV_PORT": str(_free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.mark.slow

@@ -82,12 +82,14 @@ def test_d2_r50_teacher_has_exactly_detectron2_names_shapes_and_values(r50, tmp_
     assert all(isinstance(v, np.ndarray) for v in obj["model"].values())
     # Spot-check the renaming against hand-written pairs, then every value against the teacher.
     teacher = nets["teacher"]
-    pairs = {"stem.conv1.weight": "conv1.weight",
-             "stem.conv1.norm.running_var": "bn1.running_var",
-             "res2.0.conv3.norm.weight": "layer1.0.bn3.weight",
-             "res2.0.shortcut.norm.bias": "layer1.0.downsample.1.bias",
-             "res4.0.shortcut.weight": "layer3.0.downsample.0.weight",
-             "res3.1.conv1.norm.num_batches_tracked": "layer2.1.bn1.num_batches_tracked"}
+    pairs = {
+        "stem.conv1.weight": "conv1.weight",
+        "stem.conv1.norm.running_var": "bn1.running_var",
+        "res2.0.conv3.norm.weight": "layer1.0.bn3.weight",
+        "res2.0.shortcut.norm.bias": "layer1.0.downsample.1.bias",
+        "res4.0.shortcut.weight": "layer3.0.downsample.0.weight",
+        "res3.1.conv1.norm.num_batches_tracked": "layer2.1.bn1.num_batches_tracked",
+    }
     for d2_name, tv_name in pairs.items():
         np.testing.assert_array_equal(obj["model"][d2_name], teacher[tv_name].numpy())
     for d2_name, value in obj["model"].items():
@@ -145,8 +147,10 @@ def _broken_checkpoints(tmp_path: Path, r18_path: Path) -> dict[str, tuple[Path,
     garbage.write_bytes(b"this is not a checkpoint\n")
     full = torch.load(r18_path, weights_only=True)
     no_backbone = tmp_path / "no_backbone.pth"
-    torch.save({"args": {"arch": "resnet18"},
-                "model": {k: v for k, v in full["model"].items() if "encoder" not in k}}, no_backbone)
+    torch.save(
+        {"args": {"arch": "resnet18"}, "model": {k: v for k, v in full["model"].items() if "encoder" not in k}},
+        no_backbone,
+    )
     truncated = tmp_path / "truncated.pth"
     torch.save({"model": {k: v for k, v in full["model"].items() if ".layer4.1." not in k}}, truncated)
     reshaped = tmp_path / "reshaped.pth"
@@ -181,8 +185,17 @@ def test_converters_reject_bad_input_with_one_line(converter, r18, tmp_path):
 def test_converter_cli_prints_no_traceback(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00" * 64)
-    result = subprocess.run([sys.executable, str(REPO / "transfer" / "detection" / "convert_pretrain_to_d2.py"),
-                             str(garbage), str(tmp_path / "out.pkl")], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "transfer" / "detection" / "convert_pretrain_to_d2.py"),
+            str(garbage),
+            str(tmp_path / "out.pkl"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(garbage) in result.stderr
@@ -224,12 +237,18 @@ def test_d2_configs_chain_to_the_slotcon_settings():
     assert model["RESNETS"]["NORM"] == model["FPN"]["NORM"] == model["ROI_MASK_HEAD"]["NORM"] == "SyncBN"
     assert model["RESNETS"]["DEPTH"] == 50 and model["RESNETS"]["STRIDE_IN_1X1"] is False
     assert (model["ROI_BOX_HEAD"]["NUM_CONV"], model["ROI_BOX_HEAD"]["NUM_FC"], model["ROI_BOX_HEAD"]["NORM"]) == (
-        4, 1, "SyncBN")
+        4,
+        1,
+        "SyncBN",
+    )
     assert model["PIXEL_MEAN"] == [123.675, 116.28, 103.53] and model["PIXEL_STD"] == [58.395, 57.12, 57.375]
     assert not Path(model["WEIGHTS"]).exists()  # a placeholder that train_net.py refuses
     assert cfg["INPUT"]["FORMAT"] == "RGB" and cfg["TEST"]["PRECISE_BN"]["ENABLED"] is True
     assert (cfg["SOLVER"]["MAX_ITER"], cfg["SOLVER"]["STEPS"], cfg["SOLVER"]["IMS_PER_BATCH"]) == (
-        90000, "(60000, 80000)", 16)  # yacs reads tuples from their string form
+        90000,
+        "(60000, 80000)",
+        16,
+    )  # yacs reads tuples from their string form
     assert cfg["VERSION"] == 2
 
 
@@ -240,8 +259,12 @@ def test_train_net_without_detectron2_says_how_to_install(tmp_path):
         pass
     else:
         pytest.skip("detectron2 is installed")
-    result = subprocess.run([sys.executable, str(REPO / "transfer" / "detection" / "train_net.py"), "--help"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "transfer" / "detection" / "train_net.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert "detectron2" in result.stderr and "install" in result.stderr
@@ -251,19 +274,30 @@ def test_dist_train_derives_work_dir_and_forwards_overrides(r50_mm, tmp_path):
     script = REPO / "transfer" / "segmentation" / "dist_train.sh"
     env = dict(os.environ, DRY_RUN="1")
     config = "configs/voc12aug/fcn_d6_r50-d16_513x513_30k_voc12aug_moco.py"
-    result = subprocess.run(["bash", str(script), config, str(r50_mm), "8", "train_dataloader.batch_size=2"],
-                            capture_output=True, text=True, cwd=script.parent, env=env)
+    result = subprocess.run(
+        ["bash", str(script), config, str(r50_mm), "8", "train_dataloader.batch_size=2"],
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     words = result.stdout.split()
     assert "--nproc_per_node=8" in words and words[words.index("--launcher") + 1] == "pytorch"
     assert words[words.index("--work-dir") + 1] == (
-        "work_dirs/voc12aug/fcn_d6_r50-d16_513x513_30k_voc12aug_moco/slotcon_r50_mm")
+        "work_dirs/voc12aug/fcn_d6_r50-d16_513x513_30k_voc12aug_moco/slotcon_r50_mm"
+    )
     assert words[words.index("--pretrained") + 1] == str(r50_mm)
-    assert words[words.index("--cfg-options") + 1:] == ["train_dataloader.batch_size=2"]
+    assert words[words.index("--cfg-options") + 1 :] == ["train_dataloader.batch_size=2"]
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
-    missing = subprocess.run(["bash", str(script), config, str(tmp_path / "nope.pth"), "2"],
-                             capture_output=True, text=True, cwd=script.parent, env=env)
+    missing = subprocess.run(
+        ["bash", str(script), config, str(tmp_path / "nope.pth"), "2"],
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+        env=env,
+    )
     assert missing.returncode == 1 and "nope.pth" in missing.stderr
 
 
@@ -274,9 +308,16 @@ def test_torchvision_maskrcnn_gets_every_backbone_key_and_trains(r50, r18):
     path, nets = r50
     torch.manual_seed(0)
     # Small images and few sampled anchors/proposals keep one CPU step at a few seconds.
-    model = build_maskrcnn_from_checkpoint(path, num_classes=3, min_size=128, max_size=160, rpn_pre_nms_top_n_train=200,
-                                           rpn_post_nms_top_n_train=100, rpn_batch_size_per_image=64,
-                                           box_batch_size_per_image=64)
+    model = build_maskrcnn_from_checkpoint(
+        path,
+        num_classes=3,
+        min_size=128,
+        max_size=160,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=64,
+    )
     body = model.backbone.body.state_dict()
     teacher = nets["teacher"]
     assert set(body) == set(teacher)  # 0 missing, 0 unexpected
@@ -284,7 +325,7 @@ def test_torchvision_maskrcnn_gets_every_backbone_key_and_trains(r50, r18):
 
     def box_and_mask(h: int, w: int, box: list[int]) -> dict[str, torch.Tensor]:
         mask = torch.zeros(1, h, w, dtype=torch.uint8)
-        mask[0, box[1]:box[3], box[0]:box[2]] = 1
+        mask[0, box[1] : box[3], box[0] : box[2]] = 1
         return {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([1]), "masks": mask}
 
     images = [torch.rand(3, 128, 160), torch.rand(3, 144, 128)]
@@ -305,7 +346,11 @@ def test_torchvision_maskrcnn_gets_every_backbone_key_and_trains(r50, r18):
     teacher18 = r18[1]["teacher"]
     assert set(body18) == set(teacher18) and all(torch.equal(body18[k], v) for k, v in teacher18.items())
     assert [m.in_channels for m in model18.backbone.fpn.inner_blocks.modules() if isinstance(m, torch.nn.Conv2d)] == [
-        64, 128, 256, 512]
+        64,
+        128,
+        256,
+        512,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- mmsegmentation
@@ -371,11 +416,15 @@ def test_converted_backbone_initialises_mmseg_resnet50_exactly(mmseg, r50, r50_m
 
 
 @pytest.mark.transfer
-@pytest.mark.parametrize(("config", "classes", "aux", "stride", "lr", "mode", "mean0", "crop", "batch"), [
-    (VOC_CONFIG, 21, False, 16, 0.003, "whole", 0.485, (513, 513), 8),
-    (CITY_CONFIG, 19, False, 16, 0.01, "slide", 0.485, (769, 769), 8),
-    (ADE_CONFIG, 150, True, 8, 0.01, "whole", 123.675, (512, 512), 4),
-], ids=["voc", "cityscapes", "ade20k"])
+@pytest.mark.parametrize(
+    ("config", "classes", "aux", "stride", "lr", "mode", "mean0", "crop", "batch"),
+    [
+        (VOC_CONFIG, 21, False, 16, 0.003, "whole", 0.485, (513, 513), 8),
+        (CITY_CONFIG, 19, False, 16, 0.01, "slide", 0.485, (769, 769), 8),
+        (ADE_CONFIG, 150, True, 8, 0.01, "whole", 123.675, (512, 512), 4),
+    ],
+    ids=["voc", "cityscapes", "ade20k"],
+)
 def test_configs_build_the_reference_segmentors(mmseg, config, classes, aux, stride, lr, mode, mean0, crop, batch):
     from mmseg.registry import MODELS
 
@@ -455,9 +504,20 @@ def test_train_script_runs_one_iteration_and_validates(mmseg, r50, r50_mm, tmp_p
     root = tmp_path / "VOC2012"
     _write_tiny_voc(root)
     monkeypatch.setenv("VOC_ROOT", str(root))  # the configs read their data roots from the environment
-    args = train.parse_args([str(VOC_CONFIG), "--pretrained", str(r50_mm), "--work-dir", str(tmp_path / "work"),
-                             "--cfg-options", "train_cfg.max_iters=1", "train_cfg.val_interval=1",
-                             "default_hooks.checkpoint.interval=1", "train_dataloader.batch_size=2"])
+    args = train.parse_args(
+        [
+            str(VOC_CONFIG),
+            "--pretrained",
+            str(r50_mm),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            "train_cfg.max_iters=1",
+            "train_cfg.val_interval=1",
+            "default_hooks.checkpoint.interval=1",
+            "train_dataloader.batch_size=2",
+        ]
+    )
     cfg = train.build_config(args)
     # Shrink the data so one R50 iteration takes seconds on a CPU; the pipeline types stay the config's.
     cfg.model.data_preprocessor.size = (64, 64)

@@ -73,7 +73,8 @@ def test_generated_demo_scenes_become_consistent_sets(tmp_path):
         ids = [i for i in np.unique(instance) if i and (instance == i).sum() >= 4]
         assert len(annotations) == len(ids)
         assert sorted(a["category_id"] for a in annotations) == sorted(
-            int(np.bincount(semantic[instance == i]).argmax()) for i in ids)
+            int(np.bincount(semantic[instance == i]).argmax()) for i in ids
+        )
         assert sorted(a["area"] for a in annotations) == sorted(int((instance == i).sum()) for i in ids)
 
 

@@ -30,11 +30,31 @@ def test_table_compares_random_and_pretrained_on_the_demo_sets(tmp_path, capsys)
     checkpoint = tmp_path / "current.pth"
     save_slotcon_checkpoint(checkpoint, "resnet18", seed=2)
     out = tmp_path / "table"
-    demo_table.main(["--checkpoint", str(checkpoint), "--demo-dir", str(tmp_path / "demo"), "--out-dir", str(out),
-                     "--det-iters", "2", "--seg-iters", "2", "--det-batch", "2", "--seg-batch", "2", "--workers", "0"])
+    demo_table.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--demo-dir",
+            str(tmp_path / "demo"),
+            "--out-dir",
+            str(out),
+            "--det-iters",
+            "2",
+            "--seg-iters",
+            "2",
+            "--det-batch",
+            "2",
+            "--seg-batch",
+            "2",
+            "--workers",
+            "0",
+        ]
+    )
     printed = capsys.readouterr().out
-    rows = {m.group(1): [float(v) for v in m.group(2).split(" | ")]
-            for m in re.finditer(r"^\| (random|SlotCon) \| ([\d. |]+) \|$", printed, flags=re.M)}
+    rows = {
+        m.group(1): [float(v) for v in m.group(2).split(" | ")]
+        for m in re.finditer(r"^\| (random|SlotCon) \| ([\d. |]+) \|$", printed, flags=re.M)
+    }
     assert set(rows) == {"random", "SlotCon"} and all(len(v) == 3 for v in rows.values())
     saved = json.loads((out / "table.json").read_text())
     for init, values in rows.items():  # the printed numbers are each run's own results, rounded
@@ -45,8 +65,9 @@ def test_table_compares_random_and_pretrained_on_the_demo_sets(tmp_path, capsys)
         assert values == [round(v, 1) for v in expected]
         assert saved["rows"][init]["mIoU"] == seg["mIoU"]
     # Only the SlotCon rows start from the converted teacher backbone.
-    seg_logs = {init: "".join(p.read_text() for p in (out / f"seg_{init}").rglob("*.log")) for init in
-                ("random", "slotcon")}
+    seg_logs = {
+        init: "".join(p.read_text() for p in (out / f"seg_{init}").rglob("*.log")) for init in ("random", "slotcon")
+    }
     assert "backbone_mm.pth" in seg_logs["slotcon"] and "backbone_mm.pth" not in seg_logs["random"]
     # The first line of a run's log is its command; what follows is what the trainer itself reports.
     det_logs = {init: (out / f"det_{init}" / "run.log").read_text().split("\n", 1)[1] for init in ("random", "slotcon")}

@@ -30,15 +30,36 @@ D2_DIR = REPO / "transfer" / "detection"
 SLOTCON_CONFIG = D2_DIR / "configs" / "COCO_R_50_FPN_1x_SlotCon.yaml"
 DEMO_CONFIG = D2_DIR / "configs" / "Demo_R_18_FPN_SlotCon.yaml"
 # Small images, few RoIs and anchors, and no worker processes keep an R50 iteration at about a second on a CPU.
-TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "128", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "TEST.PRECISE_BN.NUM_ITER", "1", "DATALOADER.NUM_WORKERS", "0"]
+TINY = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "128",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "64",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "16",
+    "TEST.PRECISE_BN.NUM_ITER",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+]
 
 
 def _run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore", **env))
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, env=dict(os.environ, PYTHONWARNINGS="ignore", **env)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +81,37 @@ def demo_sets(tmp_path_factory) -> dict:
 
 def _own_data_flags(sets: dict) -> list[str]:
     train, val = sets["splits"]["train"], sets["splits"]["val"]
-    return ["--train-json", train["coco_json"], "--train-images", train["images"],
-            "--val-json", val["coco_json"], "--val-images", val["images"]]
+    return [
+        "--train-json",
+        train["coco_json"],
+        "--train-images",
+        train["images"],
+        "--val-json",
+        val["coco_json"],
+        "--val-images",
+        val["images"],
+    ]
 
 
-@pytest.mark.parametrize(("arch", "config", "overrides"), [
-    ("resnet50", SLOTCON_CONFIG, []),
-    ("resnet18", DEMO_CONFIG, []),
-    ("resnet18", SLOTCON_CONFIG, ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]),
-], ids=["r50", "r18-demo", "r18-overrides"])
+@pytest.mark.parametrize(
+    ("arch", "config", "overrides"),
+    [
+        ("resnet50", SLOTCON_CONFIG, []),
+        ("resnet18", DEMO_CONFIG, []),
+        ("resnet18", SLOTCON_CONFIG, ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]),
+    ],
+    ids=["r50", "r18-demo", "r18-overrides"],
+)
 def test_converted_backbone_loads_into_detectron2_with_every_tensor(checkpoints, arch, config, overrides):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     _, pkl, teacher = checkpoints[arch]
-    cfg = train_net.load_config(train_net.parse_args(
-        ["--config-file", str(config), "MODEL.WEIGHTS", str(pkl), "MODEL.DEVICE", "cpu", *overrides]))
+    cfg = train_net.load_config(
+        train_net.parse_args(
+            ["--config-file", str(config), "MODEL.WEIGHTS", str(pkl), "MODEL.DEVICE", "cpu", *overrides]
+        )
+    )
     train_net.check_weights(cfg, resume=False)
     model = build_model(cfg)
     DetectionCheckpointer(model).load(str(pkl))
@@ -89,21 +125,26 @@ def test_converted_backbone_loads_into_detectron2_with_every_tensor(checkpoints,
 
 def test_depth_mismatch_and_basicblock_settings_give_one_line(checkpoints):
     _, pkl18, _ = checkpoints["resnet18"]
-    cfg = train_net.load_config(train_net.parse_args(
-        ["--config-file", str(SLOTCON_CONFIG), "MODEL.WEIGHTS", str(pkl18), "MODEL.DEVICE", "cpu"]))
+    cfg = train_net.load_config(
+        train_net.parse_args(["--config-file", str(SLOTCON_CONFIG), "MODEL.WEIGHTS", str(pkl18), "MODEL.DEVICE", "cpu"])
+    )
     with pytest.raises(SystemExit) as excinfo:
         train_net.check_weights(cfg, resume=False)
     one_line_exit(excinfo, "ResNet-18", "ResNet-50", "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64")
-    cfg = train_net.load_config(train_net.parse_args(
-        ["--config-file", str(SLOTCON_CONFIG), "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "34"]))
+    cfg = train_net.load_config(
+        train_net.parse_args(["--config-file", str(SLOTCON_CONFIG), "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "34"])
+    )
     with pytest.raises(SystemExit) as excinfo:
         train_net.check_weights(cfg, resume=False)
     one_line_exit(excinfo, "RES2_OUT_CHANNELS 64")
 
 
 def test_bad_config_overrides_give_one_line():
-    for opts, fragment in ((["SOLVER.MAX_ITER"], "odd length"), (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
-                           (["SOLVER.MAX_ITER", "many"], "SOLVER.MAX_ITER")):
+    for opts, fragment in (
+        (["SOLVER.MAX_ITER"], "odd length"),
+        (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+        (["SOLVER.MAX_ITER", "many"], "SOLVER.MAX_ITER"),
+    ):
         with pytest.raises(SystemExit) as excinfo:
             train_net.load_config(train_net.parse_args(["--config-file", str(SLOTCON_CONFIG), *opts]))
         one_line_exit(excinfo, "config overrides", fragment)
@@ -113,15 +154,24 @@ def test_own_dataset_flags_check_their_files(demo_sets, tmp_path):
     flags = _own_data_flags(demo_sets)
     args = train_net.parse_args(["--config-file", str(DEMO_CONFIG), *flags])
     overrides = train_net.register_own_datasets(args)
-    assert overrides == ["DATASETS.TRAIN", "('custom_train',)", "DATASETS.TEST", "('custom_val',)",
-                         "MODEL.ROI_HEADS.NUM_CLASSES", "10"]
+    assert overrides == [
+        "DATASETS.TRAIN",
+        "('custom_train',)",
+        "DATASETS.TEST",
+        "('custom_val',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "10",
+    ]
     from detectron2.data import MetadataCatalog
 
     assert MetadataCatalog.get("custom_val").thing_classes == demo_sets["thing_classes"]
     coco = json.loads(Path(demo_sets["splits"]["val"]["coco_json"]).read_text())
-    broken = {"one_class_less": dict(coco, categories=coco["categories"][:-1]),
-              "missing_image": dict(coco, images=[*coco["images"], {"id": 999, "file_name": "nope.png",
-                                                                      "height": 64, "width": 64}])}
+    broken = {
+        "one_class_less": dict(coco, categories=coco["categories"][:-1]),
+        "missing_image": dict(
+            coco, images=[*coco["images"], {"id": 999, "file_name": "nope.png", "height": 64, "width": 64}]
+        ),
+    }
     for name, content in broken.items():
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(content))
@@ -134,10 +184,34 @@ def test_own_dataset_flags_check_their_files(demo_sets, tmp_path):
 def test_train_net_trains_then_evaluates_the_demo_sets_the_same_both_ways(checkpoints, demo_sets, tmp_path):
     _, pkl, _ = checkpoints["resnet18"]
     out = tmp_path / "run"
-    common = ["--config-file", str(DEMO_CONFIG), *_own_data_flags(demo_sets), "MODEL.DEVICE", "cpu", *TINY,
-              "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "OUTPUT_DIR", str(out)]
-    trained = _run([sys.executable, "train_net.py", *common, "MODEL.WEIGHTS", str(pkl), "SOLVER.MAX_ITER", "3",
-                    "SOLVER.STEPS", "(2,)"], cwd=D2_DIR)
+    common = [
+        "--config-file",
+        str(DEMO_CONFIG),
+        *_own_data_flags(demo_sets),
+        "MODEL.DEVICE",
+        "cpu",
+        *TINY,
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    trained = _run(
+        [
+            sys.executable,
+            "train_net.py",
+            *common,
+            "MODEL.WEIGHTS",
+            str(pkl),
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.STEPS",
+            "(2,)",
+        ],
+        cwd=D2_DIR,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "Loading from " + str(pkl) in log and "Starting training from iteration 0" in log
@@ -146,8 +220,10 @@ def test_train_net_trains_then_evaluates_the_demo_sets_the_same_both_ways(checkp
     # NaN: detectron2's "no predictions" (three iterations from a random-valued backbone may find nothing)
     assert all(math.isnan(ap) or 0 <= ap <= 100 for ap in (after_training[t]["AP"] for t in ("bbox", "segm")))
     (out / "results.json").unlink()
-    evaluated = _run([sys.executable, "train_net.py", "--eval-only", *common, "MODEL.WEIGHTS",
-                      str(out / "model_final.pth")], cwd=D2_DIR)
+    evaluated = _run(
+        [sys.executable, "train_net.py", "--eval-only", *common, "MODEL.WEIGHTS", str(out / "model_final.pth")],
+        cwd=D2_DIR,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     # model_final.pth holds the precise-BN statistics the last evaluation used: the same model, the same AP.
     assert json.dumps(json.loads((out / "results.json").read_text())) == json.dumps(after_training)  # NaN-safe
@@ -179,13 +255,24 @@ def test_original_eight_gpu_command_says_what_to_run_here_and_that_runs(checkpoi
             cv2.imwrite(str(coco / split / f"{i:012d}.jpg"), image)
             images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "height": 64, "width": 80})
             x0, y0, x1, y1 = 10 + 5 * i, 12, 50, 40 + 5 * i
-            annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                                "area": (x1 - x0 + 1) * (y1 - y0 + 1), "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
-                                "segmentation": [[x0, y0, x1 + 1, y0, x1 + 1, y1 + 1, x0, y1 + 1]]})
-        (coco / "annotations" / f"instances_{split}.json").write_text(json.dumps(
-            {"images": images, "annotations": annotations, "categories": categories}))
-    command = (f"python train_net.py --config-file configs/COCO_R_50_FPN_1x_SlotCon.yaml --num-gpus 8 --resume "
-               f"MODEL.WEIGHTS ../../{exp}.pkl OUTPUT_DIR ../../output/COCO_R_50_FPN_1x_{exp}")
+            annotations.append(
+                {
+                    "id": i + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "area": (x1 - x0 + 1) * (y1 - y0 + 1),
+                    "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
+                    "segmentation": [[x0, y0, x1 + 1, y0, x1 + 1, y1 + 1, x0, y1 + 1]],
+                }
+            )
+        (coco / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+    command = (
+        f"python train_net.py --config-file configs/COCO_R_50_FPN_1x_SlotCon.yaml --num-gpus 8 --resume "
+        f"MODEL.WEIGHTS ../../{exp}.pkl OUTPUT_DIR ../../output/COCO_R_50_FPN_1x_{exp}"
+    )
     argv = shlex.split(command)
     cwd = root / "transfer" / "detection"
     env = {"DETECTRON2_DATASETS": "datasets"} if "DETECTRON2_DATASETS" in os.environ else {}
@@ -200,8 +287,23 @@ def test_original_eight_gpu_command_says_what_to_run_here_and_that_runs(checkpoi
     assert "SOLVER.REFERENCE_WORLD_SIZE" in suggested  # the same experiment, scaled to this machine
     # Run what it says (with a tiny schedule and tiny images): training from the pkl, then COCO evaluation.
     # REFERENCE_WORLD_SIZE 8 on one process: 2 images per iteration and 8x the iterations (1 -> 8).
-    result = _run([sys.executable, *suggested[1:], "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()",
-                   "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY], cwd=cwd, **env)
+    result = _run(
+        [
+            sys.executable,
+            *suggested[1:],
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.STEPS",
+            "()",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            *TINY,
+        ],
+        cwd=cwd,
+        **env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = root / "output" / f"COCO_R_50_FPN_1x_{exp}"
     assert set(json.loads((out / "results.json").read_text())) == {"bbox", "segm"}

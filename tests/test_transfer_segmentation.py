@@ -50,8 +50,20 @@ def r18_mm(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 def _folder_flags(sets: dict) -> list[str]:
     train, val = sets["splits"]["train"], sets["splits"]["val"]
     classes = Path(train["seg_list"]).parent / "classes.txt"
-    return ["--classes", str(classes), "--train-images", train["images"], "--train-labels", train["labels"],
-            "--train-list", train["seg_list"], "--val-images", val["images"], "--val-labels", val["labels"]]
+    return [
+        "--classes",
+        str(classes),
+        "--train-images",
+        train["images"],
+        "--train-labels",
+        train["labels"],
+        "--train-list",
+        train["seg_list"],
+        "--val-images",
+        val["images"],
+        "--val-labels",
+        val["labels"],
+    ]
 
 
 def test_own_folders_and_the_weights_depth_shape_the_config(train, r18_mm, tmp_path):
@@ -59,8 +71,7 @@ def test_own_folders_and_the_weights_depth_shape_the_config(train, r18_mm, tmp_p
 
     sets = tiny_demo_sets(tmp_path, num_train=4, num_eval=2)
     weights, teacher = r18_mm
-    cfg = train.build_config(train.parse_args([str(FOLDER_CONFIG), "--pretrained", str(weights),
-                                               *_folder_flags(sets)]))
+    cfg = train.build_config(train.parse_args([str(FOLDER_CONFIG), "--pretrained", str(weights), *_folder_flags(sets)]))
     dataset = cfg.train_dataloader.dataset
     assert dataset.data_prefix.img_path == sets["splits"]["train"]["images"] and dataset.img_suffix == ".png"
     assert list(dataset.metainfo.classes) == sets["seg_classes"] and cfg.model.decode_head.num_classes == 11
@@ -83,11 +94,13 @@ def test_own_folders_and_the_weights_depth_shape_the_config(train, r18_mm, tmp_p
     assert Path(sample["seg_map_path"]).parent == Path(sets["splits"]["train"]["labels"])
 
     with pytest.raises(SystemExit) as excinfo:  # weights and an explicit depth that disagree
-        train.build_config(train.parse_args([str(FOLDER_CONFIG), "--pretrained", str(weights), "--depth", "50",
-                                             *_folder_flags(sets)]))
+        train.build_config(
+            train.parse_args([str(FOLDER_CONFIG), "--pretrained", str(weights), "--depth", "50", *_folder_flags(sets)])
+        )
     one_line_exit(excinfo, "ResNet-18", "--depth 18")
-    random = train.build_config(train.parse_args([str(FOLDER_CONFIG), "--random-init", "--depth", "34",
-                                                  *_folder_flags(sets)]))
+    random = train.build_config(
+        train.parse_args([str(FOLDER_CONFIG), "--random-init", "--depth", "34", *_folder_flags(sets)])
+    )
     assert random.model.backbone.init_cfg is None and random.model.backbone.depth == 34
     with pytest.raises(SystemExit) as excinfo:
         train.build_config(train.parse_args([str(FOLDER_CONFIG), "--random-init", *_folder_flags(sets)[2:]]))
@@ -141,14 +154,23 @@ def test_original_launcher_commands_say_what_to_run_here_and_that_runs(train, tm
     if torch.cuda.device_count() == 0:
         assert voc[:2] == [sys.executable, "./train.py"] and "train_dataloader.batch_size=16" in voc
     # Run it with a tiny schedule and 64 px crops: one iteration from the converted backbone, then validation.
-    tiny = ["train_cfg.max_iters=1", "train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1",
-            "train_dataloader.batch_size=2", "model.data_preprocessor.size=(64,64)",
-            "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
-            "val_dataloader.num_workers=0", "val_dataloader.persistent_workers=False",
-            "val_dataloader.dataset.pipeline.1.scale=(128,64)"]
+    tiny = [
+        "train_cfg.max_iters=1",
+        "train_cfg.val_interval=1",
+        "default_hooks.checkpoint.interval=1",
+        "train_dataloader.batch_size=2",
+        "model.data_preprocessor.size=(64,64)",
+        "train_dataloader.num_workers=0",
+        "train_dataloader.persistent_workers=False",
+        "val_dataloader.num_workers=0",
+        "val_dataloader.persistent_workers=False",
+        "val_dataloader.dataset.pipeline.1.scale=(128,64)",
+    ]
     for i in (0, 1):
-        tiny += [f"train_dataloader.dataset.datasets.{i}.pipeline.2.scale=(128,64)",
-                 f"train_dataloader.dataset.datasets.{i}.pipeline.3.crop_size=(64,64)"]
+        tiny += [
+            f"train_dataloader.dataset.datasets.{i}.pipeline.2.scale=(128,64)",
+            f"train_dataloader.dataset.datasets.{i}.pipeline.3.crop_size=(64,64)",
+        ]
     result = subprocess.run([*voc, *tiny], capture_output=True, text=True, cwd=seg, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     work = seg / "work_dirs" / "voc12aug" / "fcn_d6_r50-d16_513x513_30k_voc12aug_moco" / exp

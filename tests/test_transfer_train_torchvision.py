@@ -39,8 +39,14 @@ class _Oracle(torch.nn.Module):
             _, target = self.dataset[self.seen]
             self.seen += 1
             n = 0 if self.empty else len(target["labels"])
-            outputs.append({"boxes": target["boxes"][:n], "labels": target["labels"][:n], "scores": torch.ones(n),
-                            "masks": target["masks"][:n, None].float()})
+            outputs.append(
+                {
+                    "boxes": target["boxes"][:n],
+                    "labels": target["labels"][:n],
+                    "scores": torch.ones(n),
+                    "masks": target["masks"][:n, None].float(),
+                }
+            )
         return outputs
 
 
@@ -57,8 +63,22 @@ def test_trains_from_the_checkpoint_or_from_random_weights_and_writes_results(de
     ckpt = tmp_path / "slotcon_r18.pth"
     teacher = save_slotcon_checkpoint(ckpt, "resnet18", seed=5)["teacher"]
     train, val = demo_sets["splits"]["train"], demo_sets["splits"]["val"]
-    data = ["--train-json", train["coco_json"], "--train-images", train["images"], "--val-json", val["coco_json"],
-            "--val-images", val["images"], "--iters", "2", "--batch-size", "2", "--workers", "0"]
+    data = [
+        "--train-json",
+        train["coco_json"],
+        "--train-images",
+        train["images"],
+        "--val-json",
+        val["coco_json"],
+        "--val-images",
+        val["images"],
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+    ]
     for name, weights in (("pretrained", ["--checkpoint", str(ckpt)]), ("random", ["--random-init", "--depth", "18"])):
         train_torchvision.main([*data, *weights, "--output-dir", str(tmp_path / name)])
         results = json.loads((tmp_path / name / "results.json").read_text())

@@ -64,8 +64,7 @@ def _checkpoint(path: Path, images: np.ndarray | None = None) -> Path:
             picked = pixels[torch.randperm(len(pixels), generator=torch.Generator().manual_seed(0))[:PROTOTYPES]]
             model.grouping_k.slot_embed.weight.copy_(picked)
             model.grouping_q.slot_embed.weight.copy_(picked)
-    torch.save({"args": {"arch": "resnet18"}, "model": {f"module.{k}": v for k, v in model.state_dict().items()}},
-               path)
+    torch.save({"args": {"arch": "resnet18"}, "model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
 
 
@@ -95,16 +94,39 @@ def _reference_best(dots: np.ndarray, topk: int) -> np.ndarray:
 
 
 def _reference_labels(dots: np.ndarray) -> np.ndarray:
-    return F.interpolate(torch.from_numpy(dots), size=(SIZE, SIZE), mode="bilinear",
-                         align_corners=False).argmax(dim=1).numpy()
+    return (
+        F.interpolate(torch.from_numpy(dots), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        .argmax(dim=1)
+        .numpy()
+    )
 
 
 def _run(scene, tmp_path, *flags) -> np.ndarray:
     folder, _, checkpoint = scene
     out = tmp_path / "picture.png"
-    main(["--model-path", str(checkpoint), "--dataset", "folder", "--data-dir", str(folder), "--image-size", str(SIZE),
-          "--dpi", str(SIZE // 2), "--device", "cpu", "--workers", "0", "--batch-size", "4", "--save-path", str(out),
-          *flags])
+    main(
+        [
+            "--model-path",
+            str(checkpoint),
+            "--dataset",
+            "folder",
+            "--data-dir",
+            str(folder),
+            "--image-size",
+            str(SIZE),
+            "--dpi",
+            str(SIZE // 2),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--save-path",
+            str(out),
+            *flags,
+        ]
+    )
     return np.asarray(Image.open(out).convert("RGB"))
 
 
@@ -144,9 +166,19 @@ def test_top_prototypes_are_those_that_win_the_most_pixels(scene, tmp_path):
     chosen = [int(k) for k in np.argsort(-wins, kind="stable")[:2]]
     picture = _run(scene, tmp_path, "--topk", "2", "--top-prototypes", "2", "--alpha", "0.5")
     best = _reference_best(dots, 2)
-    cells = [[(np.where((labels[best[k, r]] == k)[..., None],
-                        0.5 * crops[best[k, r]].astype(np.float32) + 0.5 * np.array([255.0, 0, 0]),
-                        crops[best[k, r]])).astype(np.uint8) for k in chosen] for r in range(2)]
+    cells = [
+        [
+            (
+                np.where(
+                    (labels[best[k, r]] == k)[..., None],
+                    0.5 * crops[best[k, r]].astype(np.float32) + 0.5 * np.array([255.0, 0, 0]),
+                    crops[best[k, r]],
+                )
+            ).astype(np.uint8)
+            for k in chosen
+        ]
+        for r in range(2)
+    ]
     titles = [f"#{k}: {wins[k] / wins.sum():.1%}" for k in chosen]
     np.testing.assert_array_equal(picture, compose_grid(cells, column_titles=titles, font_size=10).array)
 
@@ -172,9 +204,12 @@ def test_assign_rows_show_the_image_and_its_outlined_prototype_map(scene, tmp_pa
         counts = np.bincount(label.reshape(-1), minlength=PROTOTYPES)
         top = [int(k) for k in np.argsort(-counts, kind="stable")[:3] if counts[k] > 0]
         present = int((counts > 0).sum())
-        captions.append([f"{present} prototype{'s' if present > 1 else ''}:",
-                         *((tuple(prototype_palette(PROTOTYPES)[k]), f"#{k}: {counts[k] / label.size:.0%}")
-                           for k in top)])
+        captions.append(
+            [
+                f"{present} prototype{'s' if present > 1 else ''}:",
+                *((tuple(prototype_palette(PROTOTYPES)[k]), f"#{k}: {counts[k] / label.size:.0%}") for k in top),
+            ]
+        )
     assert any(edge.any() for edge in [np.diff(label, axis=1) != 0 for label in labels])
     expected = compose_grid(cells, column_titles=["image", "prototypes"], row_captions=captions, font_size=10)
     np.testing.assert_array_equal(picture, expected.array)
@@ -186,8 +221,13 @@ def test_streamed_search_keeps_exactly_the_best_images(scene, batch_size):
     _, dots = _reference_scores(paths, checkpoint)
     args = get_args(["--image-size", str(SIZE), "--batch-size", str(batch_size), "--workers", "0"])
     skipped = []
-    found = search(load_teacher(checkpoint).eval(), crop_batches(np.array([str(p) for p in paths]), args, skipped),
-                   topk=4, device=torch.device("cpu"), count_pixels=True)
+    found = search(
+        load_teacher(checkpoint).eval(),
+        crop_batches(np.array([str(p) for p in paths]), args, skipped),
+        topk=4,
+        device=torch.device("cpu"),
+        count_pixels=True,
+    )
     np.testing.assert_array_equal(found.top_images.numpy(), _reference_best(dots, 4))
     expected_wins = np.bincount(_reference_labels(dots).reshape(-1), minlength=PROTOTYPES)
     np.testing.assert_array_equal(found.pixel_wins.numpy(), expected_wins)
@@ -196,9 +236,7 @@ def test_streamed_search_keeps_exactly_the_best_images(scene, batch_size):
 
 def test_assigned_mean_scores_hand_computed():
     # 3 images, 2 prototypes, 1x2 pixels. Image 2 has prototype 0 winning with the highest scores.
-    dots = torch.tensor([[[[0.5, 0.1]], [[0.2, 0.3]]],
-                         [[[0.6, 0.0]], [[0.1, 0.9]]],
-                         [[[0.9, 0.8]], [[0.1, 0.2]]]])
+    dots = torch.tensor([[[[0.5, 0.1]], [[0.2, 0.3]]], [[[0.6, 0.0]], [[0.1, 0.9]]], [[[0.9, 0.8]], [[0.1, 0.2]]]])
     score = assigned_mean_scores(dots)
     won, lost = 1 + 1e-6, 1e-6  # one-hot weights + eps
 
@@ -206,9 +244,13 @@ def test_assigned_mean_scores_hand_computed():
         return (first * w1 + second * w2) / (w1 + w2)
 
     # prototype 1 wins nothing in image 2: the mean over all its pixels
-    expected = torch.tensor([[mean(0.5, 0.1, won, lost), mean(0.2, 0.3, lost, won)],
-                             [mean(0.6, 0.0, won, lost), mean(0.1, 0.9, lost, won)],
-                             [0.85, 0.15]])
+    expected = torch.tensor(
+        [
+            [mean(0.5, 0.1, won, lost), mean(0.2, 0.3, lost, won)],
+            [mean(0.6, 0.0, won, lost), mean(0.1, 0.9, lost, won)],
+            [0.85, 0.15],
+        ]
+    )
     torch.testing.assert_close(score, expected)
 
 
@@ -232,12 +274,22 @@ def test_sampling_is_seeded_and_distinct():
     assert choose_prototypes(_choice_args(), 5) == [0, 1, 2, 3, 4]
 
 
-ORIGINAL_SPELLINGS = [("--data_dir", "d", "data_dir"), ("--model_path", "m.pth", "model_path"),
-                      ("--save_path", "s.jpg", "save_path"), ("--topk", "7", "topk"), ("--sampling", "3", "sampling"),
-                      ("--dataset", "demo", "dataset"), ("--batch_size", "9", "batch_size"),
-                      ("--dim_hidden", "11", "dim_hidden"), ("--dim_out", "12", "dim_out"),
-                      ("--arch", "resnet18", "arch"), ("--num_prototypes", "13", "num_prototypes"),
-                      ("--alpha", "0.25", "alpha"), ("--dpi", "50", "dpi"), ("--idxs", "4", "idxs")]
+ORIGINAL_SPELLINGS = [
+    ("--data_dir", "d", "data_dir"),
+    ("--model_path", "m.pth", "model_path"),
+    ("--save_path", "s.jpg", "save_path"),
+    ("--topk", "7", "topk"),
+    ("--sampling", "3", "sampling"),
+    ("--dataset", "demo", "dataset"),
+    ("--batch_size", "9", "batch_size"),
+    ("--dim_hidden", "11", "dim_hidden"),
+    ("--dim_out", "12", "dim_out"),
+    ("--arch", "resnet18", "arch"),
+    ("--num_prototypes", "13", "num_prototypes"),
+    ("--alpha", "0.25", "alpha"),
+    ("--dpi", "50", "dpi"),
+    ("--idxs", "4", "idxs"),
+]
 
 
 @pytest.mark.parametrize("flag,value,dest", ORIGINAL_SPELLINGS)
@@ -257,33 +309,92 @@ def test_the_original_defaults():
 def test_all_original_spellings_together_draw_a_picture(scene, tmp_path, capsys):
     folder, _, checkpoint = scene
     out = tmp_path / "original.png"
-    main(["--data_dir", str(folder), "--model_path", str(checkpoint), "--save_path", str(out), "--topk", "2",
-          "--dataset", "folder", "--batch_size", "3", "--dim_hidden", "32", "--dim_out", "16", "--arch", "resnet18",
-          "--num_prototypes", str(PROTOTYPES), "--alpha", "0.6", "--dpi", "20", "--idxs", "1", "2",
-          "--image-size", str(SIZE), "--workers", "0", "--device", "cpu"])
+    main(
+        [
+            "--data_dir",
+            str(folder),
+            "--model_path",
+            str(checkpoint),
+            "--save_path",
+            str(out),
+            "--topk",
+            "2",
+            "--dataset",
+            "folder",
+            "--batch_size",
+            "3",
+            "--dim_hidden",
+            "32",
+            "--dim_out",
+            "16",
+            "--arch",
+            "resnet18",
+            "--num_prototypes",
+            str(PROTOTYPES),
+            "--alpha",
+            "0.6",
+            "--dpi",
+            "20",
+            "--idxs",
+            "1",
+            "2",
+            "--image-size",
+            str(SIZE),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert Image.open(out).size == (2 * 40 + 4, 16 + 2 * 40 + 4)  # two 40-px columns and rows, one title line
     assert "2 prototypes x top 2 of 10 images" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag,value,held", [("--num_prototypes", "256", PROTOTYPES), ("--dim_hidden", "4096", 32),
-                                             ("--dim_out", "256", 16), ("--arch", "resnet50", "resnet18")])
+@pytest.mark.parametrize(
+    "flag,value,held",
+    [
+        ("--num_prototypes", "256", PROTOTYPES),
+        ("--dim_hidden", "4096", 32),
+        ("--dim_out", "256", 16),
+        ("--arch", "resnet50", "resnet18"),
+    ],
+)
 def test_a_size_flag_that_disagrees_with_the_checkpoint_is_one_line(scene, tmp_path, flag, value, held):
     folder, _, checkpoint = scene
     with pytest.raises(SystemExit) as stopped:
-        main(["--model_path", str(checkpoint), "--data_dir", str(folder), "--dataset", "folder", flag, value,
-              "--device", "cpu", "--save_path", str(tmp_path / "x.png")])
+        main(
+            [
+                "--model_path",
+                str(checkpoint),
+                "--data_dir",
+                str(folder),
+                "--dataset",
+                "folder",
+                flag,
+                value,
+                "--device",
+                "cpu",
+                "--save_path",
+                str(tmp_path / "x.png"),
+            ]
+        )
     message = str(stopped.value)
     dashed = flag.replace("_", "-")
     assert f"holds a network with {dashed} {held}, not {value}" in message and "\n" not in message
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("flags,message", [(["--topk", "0"], "--topk must be at least 1"),
-                                           (["--alpha", "1.5"], "--alpha must be in"),
-                                           (["--top-prototypes", "3", "--sampling", "2"], "drop --idxs / --sampling"),
-                                           (["--save-path", "/no/such/dir/x.png"], "does not exist"),
-                                           (["--save-path", "x.unknown"], "unknown picture format"),
-                                           (["--idxs", "1,x"], "expected integers")])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--topk", "0"], "--topk must be at least 1"),
+        (["--alpha", "1.5"], "--alpha must be in"),
+        (["--top-prototypes", "3", "--sampling", "2"], "drop --idxs / --sampling"),
+        (["--save-path", "/no/such/dir/x.png"], "does not exist"),
+        (["--save-path", "x.unknown"], "unknown picture format"),
+        (["--idxs", "1,x"], "expected integers"),
+    ],
+)
 def test_bad_flags_stop_before_the_model_loads(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):
         main(["--model-path", str(tmp_path / "absent.pth"), "--device", "cpu", *flags])
@@ -298,8 +409,20 @@ def test_a_folder_of_unreadable_images_is_one_line(scene, tmp_path):
     (tmp_path / "val2017").mkdir()
     (tmp_path / "val2017" / "a.jpg").write_text("no")
     with pytest.raises(SystemExit, match="none of the 1 images"):
-        main(["--model-path", str(scene[2]), "--data-dir", str(tmp_path), "--device", "cpu", "--workers", "0",
-              "--save-path", str(tmp_path / "x.png")])
+        main(
+            [
+                "--model-path",
+                str(scene[2]),
+                "--data-dir",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--save-path",
+                str(tmp_path / "x.png"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -315,11 +438,29 @@ def test_the_original_readme_command_as_written(tmp_path):
     torch.manual_seed(0)
     model = SlotCon(arch="resnet18", dim_hidden=32, dim_out=16, num_prototypes=24)
     checkpoint = tmp_path / "ckpt_epoch_800.pth"
-    torch.save({"args": {"arch": "resnet18"}, "model": {f"module.{k}": v for k, v in model.state_dict().items()}},
-               checkpoint)
-    done = subprocess.run([sys.executable, "viz_slots.py", "--data_dir", str(coco), "--model_path", str(checkpoint),
-                           "--save_path", str(tmp_path / "viz.jpg"), "--topk", "5", "--sampling", "20"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    torch.save(
+        {"args": {"arch": "resnet18"}, "model": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "viz_slots.py",
+            "--data_dir",
+            str(coco),
+            "--model_path",
+            str(checkpoint),
+            "--save_path",
+            str(tmp_path / "viz.jpg"),
+            "--topk",
+            "5",
+            "--sampling",
+            "20",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "20 prototypes x top 5 of 7 images; skipped 1" in done.stdout
     assert "000000000000.jpg: cannot read image" in done.stderr and "Traceback" not in done.stderr

@@ -41,8 +41,11 @@ def checkpoints(tmp_path_factory):
 
 
 def test_the_check_names_the_network_and_a_tensor(checkpoints):
-    with pytest.raises(CheckpointError, match=r"1 of the teacher \(encoder_k\) network's \d+ tensors hold NaN or "
-                                              r"Inf \(e\.g\. encoder_k\.layer2\.0\.conv1\.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 of the teacher \(encoder_k\) network's \d+ tensors hold NaN or "
+        r"Inf \(e\.g\. encoder_k\.layer2\.0\.conv1\.weight\)",
+    ):
         network_state_dict(load_checkpoint(checkpoints["nan_backbone"]))
     with pytest.raises(CheckpointError, match=r"projector_k\.mlp\.0\.weight"):
         network_state_dict(load_checkpoint(checkpoints["inf_projector"]))
@@ -59,8 +62,13 @@ def test_the_check_names_the_network_and_a_tensor(checkpoints):
 @pytest.mark.parametrize("converter", CONVERTERS)
 def test_converters_refuse_nonfinite_backbones_with_one_line(checkpoints, converter, tmp_path):
     out = tmp_path / ("out.pkl" if "d2" in converter else "out.pth")
-    done = subprocess.run([sys.executable, converter, str(checkpoints["nan_backbone"]), str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, converter, str(checkpoints["nan_backbone"]), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and not out.exists()
     assert "hold NaN or Inf" in done.stderr and str(checkpoints["nan_backbone"]) in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
@@ -70,15 +78,29 @@ def test_an_eval_cli_refuses_nonfinite_weights_with_one_line(checkpoints, tmp_pa
     scenes = tmp_path / "scenes"
     generate_scenes(scenes, num_train=2, num_eval=2, size=64, seed=0, workers=1)
     for name in ("nan_backbone", "inf_projector"):
-        assert unsupervised_seg.main(["--checkpoint", str(checkpoints[name]), "--data-dir", str(scenes),
-                                      "--image-size", "64"]) == 2
+        assert (
+            unsupervised_seg.main(
+                ["--checkpoint", str(checkpoints[name]), "--data-dir", str(scenes), "--image-size", "64"]
+            )
+            == 2
+        )
         error = capsys.readouterr().err
         assert "hold NaN or Inf" in error and error.count("\n") == 1, error
 
 
 def test_viz_refuses_nonfinite_weights_with_one_line(checkpoints, tmp_path):
     with pytest.raises(SystemExit) as stopped:
-        viz_main(["--model_path", str(checkpoints["nan_backbone"]), "--data_dir", str(tmp_path), "--device", "cpu",
-                  "--save_path", str(tmp_path / "x.jpg")])
+        viz_main(
+            [
+                "--model_path",
+                str(checkpoints["nan_backbone"]),
+                "--data_dir",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--save_path",
+                str(tmp_path / "x.jpg"),
+            ]
+        )
     message = str(stopped.value)
     assert "hold NaN or Inf" in message and "\n" not in message and not (tmp_path / "x.jpg").exists()

@@ -26,10 +26,14 @@ def save_slotcon_checkpoint(path: Path, arch: str, seed: int) -> dict[str, dict[
             else:
                 tensor.fill_(7)
     state = model.state_dict()
-    torch.save({"args": {"arch": arch, "batch_size": 8}, "model": {"module." + k: v for k, v in state.items()},
-                "epoch": 1}, path)
-    return {net: {k[len(prefix):]: v.clone() for k, v in state.items() if k.startswith(prefix)}
-            for net, prefix in (("teacher", "encoder_k."), ("student", "encoder_q."))}
+    torch.save(
+        {"args": {"arch": arch, "batch_size": 8}, "model": {"module." + k: v for k, v in state.items()}, "epoch": 1},
+        path,
+    )
+    return {
+        net: {k[len(prefix) :]: v.clone() for k, v in state.items() if k.startswith(prefix)}
+        for net, prefix in (("teacher", "encoder_k."), ("student", "encoder_q."))
+    }
 
 
 def torchvision_name(d2_name: str) -> str:

@@ -75,8 +75,9 @@ def depth_from_names(names: Iterable[str], block_key: re.Pattern, stages: tuple[
     depth = _DEPTHS.get((bottleneck, per_stage))
     if depth is None:
         kind = "Bottleneck" if bottleneck else "BasicBlock"
-        raise ValueError(f"blocks per stage {list(per_stage)} ({kind}) is not a ResNet-"
-                         f"{'/'.join(map(str, SUPPORTED_DEPTHS))}")
+        raise ValueError(
+            f"blocks per stage {list(per_stage)} ({kind}) is not a ResNet-{'/'.join(map(str, SUPPORTED_DEPTHS))}"
+        )
     return depth
 
 
@@ -86,13 +87,17 @@ def check_resnet(state: dict[str, Tensor], depth: int) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"not a complete ResNet-{depth}: {len(missing)} missing keys (e.g. {missing[:2]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        raise ValueError(
+            f"not a complete ResNet-{depth}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
     wrong = [k for k, shape in expected.items() if tuple(state[k].shape) != shape]
     if wrong:
         # Same names, other shapes: a wide ResNet or a ResNeXt, which the transfer configs do not build.
-        raise ValueError(f"{len(wrong)} tensors do not have ResNet-{depth} shapes (e.g. {wrong[0]}: "
-                         f"{tuple(state[wrong[0]].shape)} vs {expected[wrong[0]]}); only plain ResNets are supported")
+        raise ValueError(
+            f"{len(wrong)} tensors do not have ResNet-{depth} shapes (e.g. {wrong[0]}: "
+            f"{tuple(state[wrong[0]].shape)} vs {expected[wrong[0]]}); only plain ResNets are supported"
+        )
 
 
 def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tuple[dict[str, Tensor], int]:

@@ -45,8 +45,10 @@ def find_split(demo_dir: Path, candidates: tuple[str, ...]) -> Path:
         split = demo_dir / name
         if all((split / kind).is_dir() for kind in ("images", "semantic", "instance")):
             return split
-    raise DemoSetError(f"{demo_dir}: no {'/'.join(candidates)} split with images/, semantic/ and instance/ folders; "
-                       f"create the demo scenes with: python -m data.demo_scenes --out-dir {demo_dir}")
+    raise DemoSetError(
+        f"{demo_dir}: no {'/'.join(candidates)} split with images/, semantic/ and instance/ folders; "
+        f"create the demo scenes with: python -m data.demo_scenes --out-dir {demo_dir}"
+    )
 
 
 def read_class_names(demo_dir: Path, splits: list[Path]) -> list[str]:
@@ -57,8 +59,11 @@ def read_class_names(demo_dir: Path, splits: list[Path]) -> list[str]:
         names = None
     if isinstance(names, list) and names:
         return [str(n) for n in names]
-    largest = max(int(np.asarray(Image.open(p)).max()) for split in splits for p in sorted(
-        (split / "semantic").glob("*.png"))[:200])
+    largest = max(
+        int(np.asarray(Image.open(p)).max())
+        for split in splits
+        for p in sorted((split / "semantic").glob("*.png"))[:200]
+    )
     return [f"class_{k}" for k in range(1, largest + 1)]
 
 
@@ -99,13 +104,15 @@ def instance_annotations(semantic: np.ndarray, instance: np.ndarray) -> list[dic
             continue  # only specks left visible
         ys, xs = np.nonzero(mask)
         x0, y0 = int(xs.min()), int(ys.min())
-        annotations.append({
-            "category_id": int(np.bincount(labels).argmax()),
-            "segmentation": polygons,
-            "area": int(mask.sum()),
-            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-            "iscrowd": 0,
-        })
+        annotations.append(
+            {
+                "category_id": int(np.bincount(labels).argmax()),
+                "segmentation": polygons,
+                "area": int(mask.sum()),
+                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+                "iscrowd": 0,
+            }
+        )
     return annotations
 
 
@@ -115,24 +122,33 @@ def coco_instances(split: Path, names: list[str], class_names: list[str]) -> dic
         semantic = _read_label_map(split / "semantic" / f"{name}.png")
         instance = _read_label_map(split / "instance" / f"{name}.png")
         if semantic.shape != instance.shape:
-            raise DemoSetError(f"{split}/{{semantic,instance}}/{name}.png: shapes {semantic.shape} and "
-                               f"{instance.shape} differ")
+            raise DemoSetError(
+                f"{split}/{{semantic,instance}}/{name}.png: shapes {semantic.shape} and {instance.shape} differ"
+            )
         if semantic.max() > len(class_names):
-            raise DemoSetError(f"{split}/semantic/{name}.png: label {semantic.max()} but only "
-                               f"{len(class_names)} classes")
+            raise DemoSetError(
+                f"{split}/semantic/{name}.png: label {semantic.max()} but only {len(class_names)} classes"
+            )
         height, width = semantic.shape
         images.append({"id": image_id, "file_name": f"{name}.png", "height": height, "width": width})
         for annotation in instance_annotations(semantic, instance):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
     categories = [{"id": k, "name": name, "supercategory": "object"} for k, name in enumerate(class_names, start=1)]
-    return {"info": {"description": f"demo scenes {split}"}, "images": images, "annotations": annotations,
-            "categories": categories}
+    return {
+        "info": {"description": f"demo scenes {split}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def scene_names(split: Path, limit: int | None) -> list[str]:
     names = sorted(p.stem for p in (split / "images").glob("*.png"))
-    missing = [n for n in names if not (split / "semantic" / f"{n}.png").is_file()
-               or not (split / "instance" / f"{n}.png").is_file()]
+    missing = [
+        n
+        for n in names
+        if not (split / "semantic" / f"{n}.png").is_file() or not (split / "instance" / f"{n}.png").is_file()
+    ]
     if missing:
         raise DemoSetError(f"{split}: {len(missing)} images without semantic/instance maps (e.g. {missing[0]})")
     if not names:
@@ -140,16 +156,21 @@ def scene_names(split: Path, limit: int | None) -> list[str]:
     return names if limit is None else names[:limit]
 
 
-def write_transfer_sets(demo_dir: str | Path, out_dir: str | Path, num_train: int | None = None,
-                        num_val: int | None = None) -> dict[str, Any]:
+def write_transfer_sets(
+    demo_dir: str | Path, out_dir: str | Path, num_train: int | None = None, num_val: int | None = None
+) -> dict[str, Any]:
     """Write the COCO and mmseg sets (first ``num_train`` / ``num_val`` scenes by name); return ``sets.json``."""
     demo_dir, out_dir = Path(demo_dir), Path(out_dir)
     splits = {"train": find_split(demo_dir, TRAIN_SPLITS), "val": find_split(demo_dir, VAL_SPLITS)}
     class_names = read_class_names(demo_dir, list(splits.values()))
     (out_dir / "coco").mkdir(parents=True, exist_ok=True)
     (out_dir / "seg").mkdir(parents=True, exist_ok=True)
-    sets: dict[str, Any] = {"demo_dir": str(demo_dir.resolve()), "thing_classes": class_names,
-                            "seg_classes": ["background", *class_names], "splits": {}}
+    sets: dict[str, Any] = {
+        "demo_dir": str(demo_dir.resolve()),
+        "thing_classes": class_names,
+        "seg_classes": ["background", *class_names],
+        "splits": {},
+    }
     for split_name, limit in (("train", num_train), ("val", num_val)):
         split = splits[split_name]
         names = scene_names(split, limit)
@@ -158,9 +179,13 @@ def write_transfer_sets(demo_dir: str | Path, out_dir: str | Path, num_train: in
         json_file.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
         (out_dir / "seg" / f"{split_name}.txt").write_text("\n".join(names) + "\n")
         sets["splits"][split_name] = {
-            "images": str((split / "images").resolve()), "labels": str((split / "semantic").resolve()),
-            "coco_json": str(json_file.resolve()), "seg_list": str((out_dir / "seg" / f"{split_name}.txt").resolve()),
-            "num_images": len(names), "num_instances": len(coco["annotations"])}
+            "images": str((split / "images").resolve()),
+            "labels": str((split / "semantic").resolve()),
+            "coco_json": str(json_file.resolve()),
+            "seg_list": str((out_dir / "seg" / f"{split_name}.txt").resolve()),
+            "num_images": len(names),
+            "num_instances": len(coco["annotations"]),
+        }
     (out_dir / "seg" / "classes.txt").write_text("\n".join(sets["seg_classes"]) + "\n")
     (out_dir / "sets.json").write_text(json.dumps(sets, indent=1) + "\n")
     return sets

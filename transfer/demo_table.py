@@ -54,8 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--det-batch", type=int, default=8)
     parser.add_argument("--seg-batch", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--detector", choices=["auto", "detectron2", "torchvision"], default="auto",
-                        help="auto: detectron2 where it is installed")
+    parser.add_argument(
+        "--detector",
+        choices=["auto", "detectron2", "torchvision"],
+        default="auto",
+        help="auto: detectron2 where it is installed",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="data loader processes per run")
     return parser.parse_args(argv)
@@ -89,18 +93,47 @@ def detectron2_run(args: argparse.Namespace, sets: dict, weights: str, out: Path
     train, val = sets["splits"]["train"], sets["splits"]["val"]
     step = round(args.det_iters * 0.8)  # lr x0.1 there (none for schedules too short to have one)
     steps = f"({step},)" if 0 < step < args.det_iters else "()"
-    command = [sys.executable, str(REPO / "transfer" / "detection" / "train_net.py"), "--config-file", str(D2_CONFIG),
-               "--train-json", train["coco_json"], "--train-images", train["images"],
-               "--val-json", val["coco_json"], "--val-images", val["images"],
-               "MODEL.WEIGHTS", weights, "MODEL.DEVICE", args.device, "SEED", str(args.seed),
-               "MODEL.RESNETS.DEPTH", str(args.depth),
-               "MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if args.depth < 50 else "256",  # BasicBlock: 64
-               "SOLVER.IMS_PER_BATCH", str(args.det_batch), "SOLVER.BASE_LR", str(DET_LR * args.det_batch / 8),
-               "SOLVER.MAX_ITER", str(args.det_iters),
-               "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(min(50, args.det_iters // 4)),
-               # precise BN statistics from as many batches as the schedule has, at most the config's 20
-               "TEST.PRECISE_BN.NUM_ITER", str(min(20, args.det_iters)),
-               "DATALOADER.NUM_WORKERS", str(args.workers), "OUTPUT_DIR", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "transfer" / "detection" / "train_net.py"),
+        "--config-file",
+        str(D2_CONFIG),
+        "--train-json",
+        train["coco_json"],
+        "--train-images",
+        train["images"],
+        "--val-json",
+        val["coco_json"],
+        "--val-images",
+        val["images"],
+        "MODEL.WEIGHTS",
+        weights,
+        "MODEL.DEVICE",
+        args.device,
+        "SEED",
+        str(args.seed),
+        "MODEL.RESNETS.DEPTH",
+        str(args.depth),
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64" if args.depth < 50 else "256",  # BasicBlock: 64
+        "SOLVER.IMS_PER_BATCH",
+        str(args.det_batch),
+        "SOLVER.BASE_LR",
+        str(DET_LR * args.det_batch / 8),
+        "SOLVER.MAX_ITER",
+        str(args.det_iters),
+        "SOLVER.STEPS",
+        steps,
+        "SOLVER.WARMUP_ITERS",
+        str(min(50, args.det_iters // 4)),
+        # precise BN statistics from as many batches as the schedule has, at most the config's 20
+        "TEST.PRECISE_BN.NUM_ITER",
+        str(min(20, args.det_iters)),
+        "DATALOADER.NUM_WORKERS",
+        str(args.workers),
+        "OUTPUT_DIR",
+        str(out),
+    ]
     _run(command, out / "run.log", f"detectron2 Mask R-CNN ({out.name})", args.device)
     results = json.loads((out / "results.json").read_text())
     return {"box AP": average_precision(results, "bbox"), "mask AP": average_precision(results, "segm")}
@@ -108,12 +141,33 @@ def detectron2_run(args: argparse.Namespace, sets: dict, weights: str, out: Path
 
 def torchvision_run(args: argparse.Namespace, sets: dict, checkpoint: str | None, out: Path) -> dict[str, float]:
     train, val = sets["splits"]["train"], sets["splits"]["val"]
-    command = [sys.executable, "-m", "transfer.detection.train_torchvision",
-               "--train-json", train["coco_json"], "--train-images", train["images"],
-               "--val-json", val["coco_json"], "--val-images", val["images"],
-               "--iters", str(args.det_iters), "--batch-size", str(args.det_batch),
-               "--lr", str(DET_LR * args.det_batch / 8), "--device", args.device,
-               "--seed", str(args.seed), "--workers", str(args.workers), "--output-dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "transfer.detection.train_torchvision",
+        "--train-json",
+        train["coco_json"],
+        "--train-images",
+        train["images"],
+        "--val-json",
+        val["coco_json"],
+        "--val-images",
+        val["images"],
+        "--iters",
+        str(args.det_iters),
+        "--batch-size",
+        str(args.det_batch),
+        "--lr",
+        str(DET_LR * args.det_batch / 8),
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        "--workers",
+        str(args.workers),
+        "--output-dir",
+        str(out),
+    ]
     command += ["--checkpoint", checkpoint] if checkpoint else ["--random-init", "--depth", str(args.depth)]
     _run(command, out / "run.log", f"torchvision Mask R-CNN ({out.name})", args.device)
     results = json.loads((out / "results.json").read_text())
@@ -122,21 +176,47 @@ def torchvision_run(args: argparse.Namespace, sets: dict, checkpoint: str | None
 
 def mmseg_run(args: argparse.Namespace, sets: dict, weights: str | None, out: Path) -> dict[str, float]:
     train, val = sets["splits"]["train"], sets["splits"]["val"]
-    command = [sys.executable, str(REPO / "transfer" / "segmentation" / "train.py"), str(SEG_CONFIG),
-               "--classes", str(Path(args.out_dir) / "data" / "seg" / "classes.txt"),
-               "--train-images", train["images"], "--train-labels", train["labels"], "--train-list", train["seg_list"],
-               "--val-images", val["images"], "--val-labels", val["labels"], "--val-list", val["seg_list"],
-               "--work-dir", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "transfer" / "segmentation" / "train.py"),
+        str(SEG_CONFIG),
+        "--classes",
+        str(Path(args.out_dir) / "data" / "seg" / "classes.txt"),
+        "--train-images",
+        train["images"],
+        "--train-labels",
+        train["labels"],
+        "--train-list",
+        train["seg_list"],
+        "--val-images",
+        val["images"],
+        "--val-labels",
+        val["labels"],
+        "--val-list",
+        val["seg_list"],
+        "--work-dir",
+        str(out),
+    ]
     command += ["--pretrained", weights] if weights else ["--random-init", "--depth", str(args.depth)]
-    command += ["--cfg-options", f"train_cfg.max_iters={args.seg_iters}", f"train_cfg.val_interval={args.seg_iters}",
-                f"param_scheduler.0.end={args.seg_iters}", f"default_hooks.checkpoint.interval={args.seg_iters}",
-                f"train_dataloader.batch_size={args.seg_batch}",
-                f"optim_wrapper.optimizer.lr={SEG_LR * args.seg_batch / 8}", f"randomness.seed={args.seed}",
-                f"train_dataloader.num_workers={args.workers}", f"val_dataloader.num_workers={args.workers}",
-                f"test_dataloader.num_workers={args.workers}"]
+    command += [
+        "--cfg-options",
+        f"train_cfg.max_iters={args.seg_iters}",
+        f"train_cfg.val_interval={args.seg_iters}",
+        f"param_scheduler.0.end={args.seg_iters}",
+        f"default_hooks.checkpoint.interval={args.seg_iters}",
+        f"train_dataloader.batch_size={args.seg_batch}",
+        f"optim_wrapper.optimizer.lr={SEG_LR * args.seg_batch / 8}",
+        f"randomness.seed={args.seed}",
+        f"train_dataloader.num_workers={args.workers}",
+        f"val_dataloader.num_workers={args.workers}",
+        f"test_dataloader.num_workers={args.workers}",
+    ]
     if args.workers == 0:
-        command += ["train_dataloader.persistent_workers=False", "val_dataloader.persistent_workers=False",
-                    "test_dataloader.persistent_workers=False"]
+        command += [
+            "train_dataloader.persistent_workers=False",
+            "val_dataloader.persistent_workers=False",
+            "test_dataloader.persistent_workers=False",
+        ]
     _run(command, out / "run.log", f"mmseg FCN ({out.name})", args.device)
     return {"mIoU": json.loads((out / "results.json").read_text())["mIoU"]}
 
@@ -172,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     except DemoSetError as e:
         raise SystemExit(f"{e} (or run `make demo`)") from None
     train, val = sets["splits"]["train"], sets["splits"]["val"]
-    print(f"demo transfer sets from {args.demo_dir}: {train['num_images']} train / {val['num_images']} val scenes, "
-          f"{len(sets['thing_classes'])} classes; backbone ResNet-{args.depth} from {checkpoint}")
+    print(
+        f"demo transfer sets from {args.demo_dir}: {train['num_images']} train / {val['num_images']} val scenes, "
+        f"{len(sets['thing_classes'])} classes; backbone ResNet-{args.depth} from {checkpoint}"
+    )
     convert_pretrain_to_d2.main([str(checkpoint), str(out / "backbone_d2.pkl")])
     convert_pretrain_to_mm.main([str(checkpoint), str(out / "backbone_mm.pth")])
 
@@ -205,12 +287,18 @@ def main(argv: list[str] | None = None) -> None:
     columns = ["box AP", "mask AP", "mIoU"]
     table = format_table(rows, columns)
     wall = time.time() - start
-    caption = (f"Demo transfer (ResNet-{args.depth}; Mask R-CNN {detector}, {args.det_iters} it x {args.det_batch} "
-               f"img; FCN mmseg, {args.seg_iters} it x {args.seg_batch} img; {train['num_images']} train / "
-               f"{val['num_images']} val scenes; seed {args.seed}; {wall / 60:.1f} min)")
+    caption = (
+        f"Demo transfer (ResNet-{args.depth}; Mask R-CNN {detector}, {args.det_iters} it x {args.det_batch} "
+        f"img; FCN mmseg, {args.seg_iters} it x {args.seg_batch} img; {train['num_images']} train / "
+        f"{val['num_images']} val scenes; seed {args.seed}; {wall / 60:.1f} min)"
+    )
     (out / "table.md").write_text(caption + "\n\n" + table + "\n")
-    (out / "table.json").write_text(json.dumps({"rows": rows, "seconds": seconds, "wall_seconds": wall,
-                                                "detector": detector, "args": vars(args)}, indent=1) + "\n")
+    (out / "table.json").write_text(
+        json.dumps(
+            {"rows": rows, "seconds": seconds, "wall_seconds": wall, "detector": detector, "args": vars(args)}, indent=1
+        )
+        + "\n"
+    )
     print(f"\n{caption}\n\n{table}\n\n(also in {out / 'table.md'})")
 
 

@@ -136,5 +136,6 @@ def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
         items = enumerate(obj)
     else:
         return []
-    return [name for key, value in items
-            for name in nonfinite_tensors(value, f"{prefix}/{key}" if prefix else str(key))]
+    return [
+        name for key, value in items for name in nonfinite_tensors(value, f"{prefix}/{key}" if prefix else str(key))
+    ]

@@ -43,8 +43,13 @@ def init_distributed(device: str | None) -> DistInfo:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    dist.init_process_group("nccl" if want_cuda else "gloo", store=_store_for_this_attempt(rank, world),
-                            rank=rank, world_size=world, **({"device_id": dev} if want_cuda else {}))
+    dist.init_process_group(
+        "nccl" if want_cuda else "gloo",
+        store=_store_for_this_attempt(rank, world),
+        rank=rank,
+        world_size=world,
+        **({"device_id": dev} if want_cuda else {}),
+    )
     return DistInfo(rank, world, dev)
 
 
@@ -55,8 +60,12 @@ def _store_for_this_attempt(rank: int, world: int) -> dist.Store:
     fast new worker could read one and fail to connect to a dead process. A per-attempt prefix avoids it.
     """
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts the store
-    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]), world,
-                          is_master=rank == 0 and not agent_store)
+    store = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_store,
+    )
     return dist.PrefixStore(f"slotcon/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 

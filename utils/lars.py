@@ -19,8 +19,14 @@ class LARS(Optimizer):
     All tensors of a group are updated with fused ``torch._foreach_*`` ops.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, weight_decay: float = 0.0,
-                 momentum: float = 0.9, eta: float = 0.001) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+    ) -> None:
         if lr < 0 or weight_decay < 0 or momentum < 0 or eta <= 0:
             raise ValueError("LARS needs lr, weight_decay, momentum >= 0 and eta > 0")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "eta": eta})

@@ -74,14 +74,19 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise RunLockError(self._in_use_message()) from None
-            self.unsupported = (f"{self.path}: this file system has no locks ({e.strerror}): nothing stops a "
-                                f"second run from using {self.folder} at the same time")
+            self.unsupported = (
+                f"{self.path}: this file system has no locks ({e.strerror}): nothing stops a "
+                f"second run from using {self.folder} at the same time"
+            )
             return False
         self._fd, self.held = fd, True
         _held_fds.add(fd)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "command": " ".join([sys.executable, *sys.argv])}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join([sys.executable, *sys.argv]),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         return True
@@ -117,8 +122,10 @@ class RunLock:
             command = " ".join(str(holder.get("command", "?")).split())
             if len(command) > 200:
                 command = command[:197] + "..."
-            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
-                   f"{command}")
+            who = (
+                f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+                f"{command}"
+            )
         else:
             who = f"a process that has not written {self.path} yet"
         return f"--output-dir {self.folder} is in use by another run ({who}); stop it or choose another --output-dir"

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def warmup_cosine_lr(base_lr: float, epochs: int, iters_per_epoch: int, warmup_epochs: int,
-                     warmup_multiplier: float = 100.0, final_lr: float = 1e-6) -> np.ndarray:
+def warmup_cosine_lr(
+    base_lr: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: int,
+    warmup_multiplier: float = 100.0,
+    final_lr: float = 1e-6,
+) -> np.ndarray:
     """The learning rate of every iteration t = 0 .. epochs * iters_per_epoch - 1.
 
     With W = warmup_epochs * n and T = (epochs - warmup_epochs) * n:

@@ -27,8 +27,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from transfer.backbone import SUPPORTED_DEPTHS, load_resnet_backbone, network_name
 
 
-def build_maskrcnn(depth: int, num_classes: int, backbone_state: dict[str, Tensor] | None = None,
-                   **maskrcnn_kwargs: Any) -> MaskRCNN:
+def build_maskrcnn(
+    depth: int, num_classes: int, backbone_state: dict[str, Tensor] | None = None, **maskrcnn_kwargs: Any
+) -> MaskRCNN:
     """Mask R-CNN on a ResNet-``depth`` FPN (torchvision's R50-FPN layout for every depth), all stages trainable.
 
     ``backbone_state`` (torchvision names, no ``fc``) must fit the ResNet exactly; ``None`` keeps the random
@@ -42,15 +43,18 @@ def build_maskrcnn(depth: int, num_classes: int, backbone_state: dict[str, Tenso
         unexpected = result.unexpected_keys
         missing = [k for k in result.missing_keys if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(f"backbone does not fit torchvision's ResNet-{depth}: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+            raise ValueError(
+                f"backbone does not fit torchvision's ResNet-{depth}: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
     stage_channels = [resnet.inplanes // 8 * 2**i for i in range(4)]  # 64..512 (BasicBlock) or 256..2048
     backbone = BackboneWithFPN(resnet, {f"layer{k}": str(k - 1) for k in range(1, 5)}, stage_channels, 256)
     return MaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
 
 
-def build_maskrcnn_from_checkpoint(path: str | os.PathLike, num_classes: int, student: bool = False,
-                                   **maskrcnn_kwargs: Any) -> MaskRCNN:
+def build_maskrcnn_from_checkpoint(
+    path: str | os.PathLike, num_classes: int, student: bool = False, **maskrcnn_kwargs: Any
+) -> MaskRCNN:
     """A Mask R-CNN whose ``backbone.body`` holds the SlotCon backbone of ``path``, every key loaded.
 
     Raises ``SystemExit`` with a one-line message for a checkpoint that does not fit.

@@ -96,8 +96,10 @@ def read_coco_categories(json_file: str, image_root: str, flag: str) -> list[str
         raise SystemExit(f"{json_file}: has no images")
     missing = [name for name in file_names if not os.path.isfile(os.path.join(image_root, name))]
     if missing:
-        raise SystemExit(f"{image_root}: {len(missing)} of the {len(file_names)} images of {json_file} are missing "
-                         f"(e.g. {missing[0]})")
+        raise SystemExit(
+            f"{image_root}: {len(missing)} of the {len(file_names)} images of {json_file} are missing "
+            f"(e.g. {missing[0]})"
+        )
     return names
 
 
@@ -116,8 +118,9 @@ def register_own_datasets(args: argparse.Namespace) -> list[str]:
             register_coco_instances(name, {"thing_classes": classes[split]}, json_file, image_root)
         overrides += [key, f"('{name}',)"]
     if len(classes) == 2 and classes["train"] != classes["val"]:
-        raise SystemExit(f"{args.train_json} and {args.val_json} have different categories: "
-                         f"{classes['train']} vs {classes['val']}")
+        raise SystemExit(
+            f"{args.train_json} and {args.val_json} have different categories: {classes['train']} vs {classes['val']}"
+        )
     if classes:
         overrides += ["MODEL.ROI_HEADS.NUM_CLASSES", str(len(next(iter(classes.values()))))]
     return overrides
@@ -173,11 +176,14 @@ def check_backbone(cfg: CfgNode) -> None:
     depth = weights_depth(cfg.MODEL.WEIGHTS)
     if depth is not None and depth != resnets.DEPTH:
         fix = f"MODEL.RESNETS.DEPTH {depth}" + (" MODEL.RESNETS.RES2_OUT_CHANNELS 64" if depth < 50 else "")
-        raise SystemExit(f"{cfg.MODEL.WEIGHTS} holds a ResNet-{depth} but the config builds a ResNet-{resnets.DEPTH}: "
-                         f"add {fix}")
+        raise SystemExit(
+            f"{cfg.MODEL.WEIGHTS} holds a ResNet-{depth} but the config builds a ResNet-{resnets.DEPTH}: add {fix}"
+        )
     if resnets.DEPTH in (18, 34) and (resnets.RES2_OUT_CHANNELS != 64 or resnets.RES5_DILATION != 1):
-        raise SystemExit(f"ResNet-{resnets.DEPTH} (BasicBlock) needs MODEL.RESNETS.RES2_OUT_CHANNELS 64 and "
-                         "MODEL.RESNETS.RES5_DILATION 1")
+        raise SystemExit(
+            f"ResNet-{resnets.DEPTH} (BasicBlock) needs MODEL.RESNETS.RES2_OUT_CHANNELS 64 and "
+            "MODEL.RESNETS.RES5_DILATION 1"
+        )
 
 
 def check_weights(cfg: CfgNode, resume: bool) -> None:
@@ -189,8 +195,10 @@ def check_weights(cfg: CfgNode, resume: bool) -> None:
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return  # resuming reads OUTPUT_DIR's last checkpoint instead
     if weights and not weights.startswith(_REMOTE_PREFIXES) and not os.path.isfile(weights):
-        raise SystemExit(f"MODEL.WEIGHTS {weights!r} is not a file: convert a checkpoint with "
-                         "convert_pretrain_to_d2.py and pass MODEL.WEIGHTS /path/to/it.pkl")
+        raise SystemExit(
+            f"MODEL.WEIGHTS {weights!r} is not a file: convert a checkpoint with "
+            "convert_pretrain_to_d2.py and pass MODEL.WEIGHTS /path/to/it.pkl"
+        )
     check_backbone(cfg)
 
 
@@ -220,14 +228,20 @@ def check_devices(args: argparse.Namespace, cfg: CfgNode, argv: list[str]) -> No
 
     if not cfg.MODEL.DEVICE.startswith("cuda"):
         if args.num_gpus > 1:
-            raise SystemExit(f"train_net.py: MODEL.DEVICE {cfg.MODEL.DEVICE} runs one process; run instead: "
-                             f"{_command_with(argv, 1, scaled(1))}")
+            raise SystemExit(
+                f"train_net.py: MODEL.DEVICE {cfg.MODEL.DEVICE} runs one process; run instead: "
+                f"{_command_with(argv, 1, scaled(1))}"
+            )
     elif available == 0:
-        raise SystemExit("train_net.py: this machine has no GPU; to train on its CPU (one process), run instead: "
-                         f"{_command_with(argv, 1, ['MODEL.DEVICE', 'cpu', *scaled(1)])}")
+        raise SystemExit(
+            "train_net.py: this machine has no GPU; to train on its CPU (one process), run instead: "
+            f"{_command_with(argv, 1, ['MODEL.DEVICE', 'cpu', *scaled(1)])}"
+        )
     elif args.num_gpus > available:
-        raise SystemExit(f"train_net.py: --num-gpus {args.num_gpus} but this machine has {available}; run instead: "
-                         f"{_command_with(argv, available, scaled(available))}")
+        raise SystemExit(
+            f"train_net.py: --num-gpus {args.num_gpus} but this machine has {available}; run instead: "
+            f"{_command_with(argv, available, scaled(available))}"
+        )
 
 
 def save_results(cfg: CfgNode, results: dict) -> None:
@@ -263,8 +277,14 @@ def cli(argv: list[str] | None = None) -> None:
     cfg = load_config(args)
     check_devices(args, cfg, [sys.argv[0] if sys.argv[0].endswith(".py") else "train_net.py", *argv])
     check_weights(cfg, args.resume)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,10 @@ class CocoInstances(Dataset):
             raise SystemExit(f"{json_file}: no {'annotated ' if train else ''}images")
         missing = [i for i in self.ids if not (self.image_root / self.coco.imgs[i]["file_name"]).is_file()]
         if missing:
-            raise SystemExit(f"{image_root}: {len(missing)} of the {len(self.ids)} images of {json_file} are "
-                             f"missing (e.g. {self.coco.imgs[missing[0]]['file_name']})")
+            raise SystemExit(
+                f"{image_root}: {len(missing)} of the {len(self.ids)} images of {json_file} are "
+                f"missing (e.g. {self.coco.imgs[missing[0]]['file_name']})"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,13 +74,24 @@ class CocoInstances(Dataset):
         with Image.open(self.image_root / info["file_name"]) as handle:
             image = pil_to_tensor(handle.convert("RGB")).float() / 255
         annotations = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                              for a in annotations], dtype=torch.float32).reshape(-1, 4)
-        masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in annotations])) if annotations else (
-            torch.zeros(0, *image.shape[1:], dtype=torch.uint8))
-        target = {"boxes": boxes, "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations],
-                                                         dtype=torch.int64), "masks": masks,
-                  "image_id": torch.tensor(image_id)}
+        boxes = torch.tensor(
+            [
+                [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                for a in annotations
+            ],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
+        masks = (
+            torch.from_numpy(np.stack([self.coco.annToMask(a) for a in annotations]))
+            if annotations
+            else (torch.zeros(0, *image.shape[1:], dtype=torch.uint8))
+        )
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
+            "masks": masks,
+            "image_id": torch.tensor(image_id),
+        }
         if self.train and torch.rand(()) < 0.5:  # horizontal flip
             width = image.shape[-1]
             image, target["masks"] = image.flip(-1), target["masks"].flip(-1)
@@ -93,14 +106,15 @@ def _collate(batch: list) -> tuple[list, list]:
 def lr_schedule(iters: int, base_lr: float, warmup: int) -> np.ndarray:
     """Per-iteration learning rates: linear warmup from base_lr / 1000, then x0.1 from 80% of the iterations."""
     lrs = np.full(iters, base_lr)
-    lrs[round(0.8 * iters):] *= 0.1
+    lrs[round(0.8 * iters) :] *= 0.1
     ramp = np.arange(min(warmup, iters)) / max(warmup, 1)
-    lrs[:len(ramp)] *= 0.001 + (1 - 0.001) * ramp
+    lrs[: len(ramp)] *= 0.001 + (1 - 0.001) * ramp
     return lrs
 
 
-def train(model: torch.nn.Module, loader: DataLoader, iters: int, base_lr: float, device: torch.device,
-          log_every: int = 20) -> None:
+def train(
+    model: torch.nn.Module, loader: DataLoader, iters: int, base_lr: float, device: torch.device, log_every: int = 20
+) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
     lrs = lr_schedule(iters, base_lr, warmup=min(50, iters // 4))
@@ -125,8 +139,11 @@ def train(model: torch.nn.Module, loader: DataLoader, iters: int, base_lr: float
             step += 1
             if step % log_every == 0 or step == iters:
                 parts = " ".join(f"{k} {float(v):.3f}" for k, v in losses.items())
-                print(f"iter {step}/{iters} lr {lrs[step - 1]:.5f} loss {float(loss):.3f} ({parts}) "
-                      f"{(time.time() - start) / step:.2f} s/it", flush=True)
+                print(
+                    f"iter {step}/{iters} lr {lrs[step - 1]:.5f} loss {float(loss):.3f} ({parts}) "
+                    f"{(time.time() - start) / step:.2f} s/it",
+                    flush=True,
+                )
 
 
 @torch.no_grad()
@@ -143,13 +160,24 @@ def evaluate(model: torch.nn.Module, dataset: CocoInstances, device: torch.devic
         for output, target in zip(outputs, targets, strict=True):
             image_id = int(target["image_id"])
             masks = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-            for box, score, label, mask in zip(output["boxes"].cpu().tolist(), output["scores"].cpu().tolist(),
-                                               output["labels"].cpu().tolist(), masks, strict=True):
+            for box, score, label, mask in zip(
+                output["boxes"].cpu().tolist(),
+                output["scores"].cpu().tolist(),
+                output["labels"].cpu().tolist(),
+                masks,
+                strict=True,
+            ):
                 rle = mask_utils.encode(np.asfortranarray(mask))
                 rle["counts"] = rle["counts"].decode()
-                detections.append({"image_id": image_id, "category_id": dataset.category_ids[label - 1],
-                                   "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score,
-                                   "segmentation": rle})
+                detections.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": dataset.category_ids[label - 1],
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "score": score,
+                        "segmentation": rle,
+                    }
+                )
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     results: dict[str, dict[str, float]] = {}
     for task in ("bbox", "segm"):
@@ -163,8 +191,9 @@ def evaluate(model: torch.nn.Module, dataset: CocoInstances, device: torch.devic
             scored.accumulate()
             scored.summarize()
         # COCOeval marks "no ground truth of this size" as -1; report those as NaN like detectron2.
-        results[task] = {n: float(v * 100) if v >= 0 else float("nan") for n, v in zip(names, scored.stats[:6],
-                                                                                       strict=True)}
+        results[task] = {
+            n: float(v * 100) if v >= 0 else float("nan") for n, v in zip(names, scored.stats[:6], strict=True)
+        }
     return results
 
 
@@ -198,15 +227,32 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.train_json} and {args.val_json} have different categories")
     state, depth = (None, args.depth) if args.random_init else load_resnet_backbone(args.checkpoint)
     device = torch.device(args.device)
-    model = build_maskrcnn(depth, len(train_set.category_ids) + 1, state, min_size=args.min_size,
-                           max_size=args.max_size, rpn_batch_size_per_image=128, box_batch_size_per_image=128,
-                           box_detections_per_img=20).to(device)
+    model = build_maskrcnn(
+        depth,
+        len(train_set.category_ids) + 1,
+        state,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+        box_detections_per_img=20,
+    ).to(device)
     generator = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=_collate,
-                        drop_last=len(train_set) >= args.batch_size, num_workers=args.workers, generator=generator,
-                        persistent_workers=args.workers > 0)
-    print(f"Mask R-CNN ResNet-{depth}-FPN ({'random' if args.random_init else args.checkpoint}): {len(train_set)} "
-          f"train / {len(val_set)} val images, {len(train_set.category_ids)} classes", flush=True)
+    loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=_collate,
+        drop_last=len(train_set) >= args.batch_size,
+        num_workers=args.workers,
+        generator=generator,
+        persistent_workers=args.workers > 0,
+    )
+    print(
+        f"Mask R-CNN ResNet-{depth}-FPN ({'random' if args.random_init else args.checkpoint}): {len(train_set)} "
+        f"train / {len(val_set)} val images, {len(train_set.category_ids)} classes",
+        flush=True,
+    )
     train(model, loader, args.iters, args.lr, device)
     results = evaluate(model, val_set, device, args.batch_size)
     torch.save({"model": model.state_dict()}, out / "model_final.pth")

@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     state, depth = load_resnet_backbone(args.input, student=args.student)  # "fc.*" already dropped
     # clone(): save each tensor on its own storage, not the whole checkpoint's storage it may view into.
     torch.save({"state_dict": {k: v.detach().clone() for k, v in state.items()}}, out)
-    print(f"wrote {len(state)} tensors of the {network_name(args.student)} ResNet-{depth} to {out} "
-          "(mmseg/torchvision names)")
+    print(
+        f"wrote {len(state)} tensors of the {network_name(args.student)} ResNet-{depth} to {out} "
+        "(mmseg/torchvision names)"
+    )
 
 
 if __name__ == "__main__":

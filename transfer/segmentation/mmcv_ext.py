@@ -33,27 +33,60 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0) -
     return nms(boxes.float(), scores.float(), float(iou_threshold))
 
 
-def _roi_align_forward(input: Tensor, rois: Tensor, output: Tensor, argmax_y: Tensor, argmax_x: Tensor, *,
-                       aligned_height: int, aligned_width: int, spatial_scale: float, sampling_ratio: int,
-                       pool_mode: int, aligned: bool) -> None:
+def _roi_align_forward(
+    input: Tensor,
+    rois: Tensor,
+    output: Tensor,
+    argmax_y: Tensor,
+    argmax_x: Tensor,
+    *,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    pool_mode: int,
+    aligned: bool,
+) -> None:
     if pool_mode != 1:
         raise NotImplementedError("mmcv._ext stub: only average RoIAlign (pool_mode='avg') is available")
     from torchvision.ops import roi_align
 
     # mmcv's contract is to fill the preallocated output in place.
-    output.copy_(roi_align(input, rois.to(input.dtype), (aligned_height, aligned_width), spatial_scale,
-                           sampling_ratio, aligned))
+    output.copy_(
+        roi_align(input, rois.to(input.dtype), (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned)
+    )
 
 
-def _roi_align_backward(grad_output: Tensor, rois: Tensor, argmax_y: Tensor, argmax_x: Tensor, grad_input: Tensor, *,
-                        aligned_height: int, aligned_width: int, spatial_scale: float, sampling_ratio: int,
-                        pool_mode: int, aligned: bool) -> None:
+def _roi_align_backward(
+    grad_output: Tensor,
+    rois: Tensor,
+    argmax_y: Tensor,
+    argmax_x: Tensor,
+    grad_input: Tensor,
+    *,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    pool_mode: int,
+    aligned: bool,
+) -> None:
     if pool_mode != 1:
         raise NotImplementedError("mmcv._ext stub: only average RoIAlign (pool_mode='avg') is available")
     batch, channels, height, width = grad_input.shape
     grad = torch.ops.torchvision._roi_align_backward(
-        grad_output, rois.to(grad_output.dtype), spatial_scale, aligned_height, aligned_width,
-        batch, channels, height, width, sampling_ratio, aligned)
+        grad_output,
+        rois.to(grad_output.dtype),
+        spatial_scale,
+        aligned_height,
+        aligned_width,
+        batch,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
+    )
     grad_input.copy_(grad)
 
 

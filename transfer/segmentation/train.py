@@ -41,11 +41,14 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def load_pretrained(path: str) -> dict[str, torch.Tensor]:
     """The backbone tensors of a converted file; one-line error for anything else."""
     if path.startswith(_REMOTE_PREFIXES):
-        raise SystemExit(f"{path}: refusing remote/supervised weights; pass a backbone converted with "
-                         "convert_pretrain_to_mm.py")
+        raise SystemExit(
+            f"{path}: refusing remote/supervised weights; pass a backbone converted with convert_pretrain_to_mm.py"
+        )
     if not os.path.isfile(path):
-        raise SystemExit(f"{path}: pretrained backbone not found; convert a SlotCon checkpoint with "
-                         "convert_pretrain_to_mm.py and pass --pretrained /path/to/it.pth")
+        raise SystemExit(
+            f"{path}: pretrained backbone not found; convert a SlotCon checkpoint with "
+            "convert_pretrain_to_mm.py and pass --pretrained /path/to/it.pth"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises several types for foreign files
@@ -81,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", help="backbone from convert_pretrain_to_mm.py (sets model.backbone.init_cfg)")
     weights.add_argument("--random-init", action="store_true", help="train from a randomly initialised backbone")
-    parser.add_argument("--depth", type=int, choices=SUPPORTED_DEPTHS,
-                        help="ResNet depth (default: the config's); the heads' input channels follow it")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        choices=SUPPORTED_DEPTHS,
+        help="ResNet depth (default: the config's); the heads' input channels follow it",
+    )
     data = parser.add_argument_group("your own data (configs/_base_/datasets/image_folder.py)")
     for split in ("train", "val"):
         data.add_argument(f"--{split}-images", help=f"folder of {split} images")
@@ -91,10 +98,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--classes", help="class names: a file with one per line, or a comma-separated list")
     parser.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="'pytorch' under torchrun (dist_train.sh)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
-                        help="override config entries, e.g. train_dataloader.batch_size=2")
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="'pytorch' under torchrun (dist_train.sh)",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        default={},
+        help="override config entries, e.g. train_dataloader.batch_size=2",
+    )
     return parser.parse_args(argv)
 
 
@@ -120,8 +136,10 @@ def read_classes(spec: str) -> list[str]:
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]
     if len(names) < 2:
-        raise SystemExit(f"--classes {spec!r}: need a file with one class name per line or a comma-separated list "
-                         "of at least 2 names (background counts as a class)")
+        raise SystemExit(
+            f"--classes {spec!r}: need a file with one class name per line or a comma-separated list "
+            "of at least 2 names (background counts as a class)"
+        )
     return names
 
 
@@ -156,10 +174,15 @@ def set_own_data(cfg, args: argparse.Namespace) -> None:
         dataset = loader.dataset
         if dataset.get("type") == "ConcatDataset":
             raise SystemExit(f"{args.config}: its {split} set is a concatenation; use an image_folder config")
-        dataset.update(data_root="", data_prefix=dict(img_path=os.path.abspath(images),
-                                                      seg_map_path=os.path.abspath(labels)),
-                       ann_file=os.path.abspath(names) if names else "", img_suffix=image_suffix(images),
-                       seg_map_suffix=".png", metainfo=dict(classes=classes), reduce_zero_label=False)
+        dataset.update(
+            data_root="",
+            data_prefix=dict(img_path=os.path.abspath(images), seg_map_path=os.path.abspath(labels)),
+            ann_file=os.path.abspath(names) if names else "",
+            img_suffix=image_suffix(images),
+            seg_map_suffix=".png",
+            metainfo=dict(classes=classes),
+            reduce_zero_label=False,
+        )
         if split == "val":
             cfg.test_dataloader = cfg.val_dataloader
     for part in ("decode_head", "auxiliary_head"):
@@ -187,8 +210,10 @@ def build_config(args: argparse.Namespace):
                 set_depth(cfg, infer_depth(load_pretrained(args.pretrained)))
     init_cfg = cfg.model.backbone.get("init_cfg") or {}
     if not args.random_init and init_cfg.get("type") != "Pretrained":
-        raise SystemExit(f"{args.config}: model.backbone.init_cfg is not a Pretrained checkpoint; pass --pretrained "
-                         "(or --random-init)")
+        raise SystemExit(
+            f"{args.config}: model.backbone.init_cfg is not a Pretrained checkpoint; pass --pretrained "
+            "(or --random-init)"
+        )
     if not args.resume and not args.random_init:  # a resumed run restores the fine-tuned backbone itself
         check_pretrained(str(init_cfg["checkpoint"]), int(cfg.model.backbone.depth))
     cfg.launcher = args.launcher
@@ -200,8 +225,11 @@ def build_config(args: argparse.Namespace):
 def save_results(runner) -> dict[str, float]:
     """The last validation's metrics (mIoU, mAcc, aAcc, in %) from the runner's message hub, to results.json."""
     timing = {"val/time", "val/data_time"}  # the loop's own timing, not a metric
-    results = {key.removeprefix("val/"): float(value.current()) for key, value in
-               runner.message_hub.log_scalars.items() if key.startswith("val/") and key not in timing}
+    results = {
+        key.removeprefix("val/"): float(value.current())
+        for key, value in runner.message_hub.log_scalars.items()
+        if key.startswith("val/") and key not in timing
+    }
     if results and runner.rank == 0:
         with open(os.path.join(runner.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -212,16 +240,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from mmengine.runner import Runner
     except ImportError as e:
-        raise SystemExit(f"train.py needs mmengine/mmsegmentation ({e}): pip install -r requirements-transfer.txt, "
-                         "and full mmcv==2.1.0 on GPU machines") from None
+        raise SystemExit(
+            f"train.py needs mmengine/mmsegmentation ({e}): pip install -r requirements-transfer.txt, "
+            "and full mmcv==2.1.0 on GPU machines"
+        ) from None
     if install_mmcv_ext_stand_in():  # mmcv-lite: mmseg imports the compiled ops its FCN/ResNet never call
-        print("train.py: mmcv without compiled ops (mmcv-lite): a stand-in mmcv._ext raises NotImplementedError if a "
-              "model calls one; full mmcv==2.1.0 is for GPUs")
+        print(
+            "train.py: mmcv without compiled ops (mmcv-lite): a stand-in mmcv._ext raises NotImplementedError if a "
+            "model calls one; full mmcv==2.1.0 is for GPUs"
+        )
     try:
         import mmseg.models  # noqa: F401  (registers the models)
     except ModuleNotFoundError as e:
-        raise SystemExit(f"train.py needs mmsegmentation 1.2.2 ({e}): "
-                         "pip install -r requirements-transfer.txt") from None
+        raise SystemExit(
+            f"train.py needs mmsegmentation 1.2.2 ({e}): pip install -r requirements-transfer.txt"
+        ) from None
     cfg = build_config(parse_args(argv))
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -4,21 +4,22 @@
 #       --train-images imgs/train --train-labels labels/train --val-images imgs/val --val-labels labels/val
 # (num_classes follows --classes; another depth: --depth 18.)
 _base_ = [
-    '../_base_/models/fcn_r50-d8.py',
-    '../_base_/datasets/image_folder.py',
-    '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_80k_poly.py',
+    "../_base_/models/fcn_r50-d8.py",
+    "../_base_/datasets/image_folder.py",
+    "../_base_/default_runtime.py",
+    "../_base_/schedules/schedule_80k_poly.py",
 ]
 crop_size = (512, 512)
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type="SegDataPreProcessor",
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=crop_size)
+    size=crop_size,
+)
 model = dict(data_preprocessor=data_preprocessor)
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=20000, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=2000)
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000))
+param_scheduler = [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=20000, by_epoch=False)]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=20000, val_interval=2000)
+default_hooks = dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2000))

@@ -9,21 +9,22 @@
 #
 # SyncBN (trainable, norm_eval False) everywhere, as in the reference; on one CPU/GPU without a process group,
 # override `norm_cfg` to BN (the tests do).
-norm_cfg = dict(type='SyncBN', requires_grad=True)
-pretrained_placeholder = 'SET_ME__pass_--pretrained_or_model.backbone.init_cfg.checkpoint'
+norm_cfg = dict(type="SyncBN", requires_grad=True)
+pretrained_placeholder = "SET_ME__pass_--pretrained_or_model.backbone.init_cfg.checkpoint"
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type="SegDataPreProcessor",
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,  # images are read as BGR; the backbone was pretrained on RGB
     pad_val=0,
-    seg_pad_val=255)
+    seg_pad_val=255,
+)
 model = dict(
-    type='EncoderDecoder',
+    type="EncoderDecoder",
     data_preprocessor=data_preprocessor,
     pretrained=None,
     backbone=dict(
-        type='ResNet',
+        type="ResNet",
         depth=50,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
@@ -31,11 +32,12 @@ model = dict(
         strides=(1, 2, 1, 1),
         norm_cfg=norm_cfg,
         norm_eval=False,
-        style='pytorch',
+        style="pytorch",
         contract_dilation=True,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained_placeholder)),
+        init_cfg=dict(type="Pretrained", checkpoint=pretrained_placeholder),
+    ),
     decode_head=dict(
-        type='FCNHead',
+        type="FCNHead",
         in_channels=2048,
         in_index=3,
         channels=512,
@@ -45,9 +47,10 @@ model = dict(
         num_classes=19,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+    ),
     auxiliary_head=dict(
-        type='FCNHead',
+        type="FCNHead",
         in_channels=1024,
         in_index=2,
         channels=256,
@@ -57,6 +60,8 @@ model = dict(
         num_classes=19,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
+    ),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict(mode="whole"),
+)

@@ -1,17 +1,16 @@
 # Cityscapes schedule of the reference: SGD lr 0.01 (total batch 16), wd 1e-4,
 # lr x0.1 at 63k and 81k iterations (no warmup), 90k iterations, checkpoint + mIoU every 9k.
-optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0001)
-optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
-param_scheduler = [
-    dict(type='MultiStepLR', milestones=[63000, 81000], gamma=0.1, begin=0, end=90000, by_epoch=False)
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=90000, val_interval=9000)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
+optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=0.0001)
+optim_wrapper = dict(type="OptimWrapper", optimizer=optimizer, clip_grad=None)
+param_scheduler = [dict(type="MultiStepLR", milestones=[63000, 81000], gamma=0.1, begin=0, end=90000, by_epoch=False)]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=90000, val_interval=9000)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=9000),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    timer=dict(type="IterTimerHook"),
+    logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type="ParamSchedulerHook"),
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=9000),
+    sampler_seed=dict(type="DistSamplerSeedHook"),
+    visualization=dict(type="SegVisualizationHook"),
+)
