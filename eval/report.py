@@ -1,8 +1,8 @@
 """All evaluations for a list of models, as one table (rows = models, columns = metrics) and JSON.
 
 Per model, the backbone runs once over each split; unsupervised segmentation (Hungarian and majority
-matching, on the eval split), the linear probe, k-NN and object discovery (FG-ARI, mBO; datasets with
-instance maps) all reuse those cached C5 features.
+matching, on the eval split), the linear probe, dense nearest-neighbour retrieval (``eval.dense_retrieval``),
+k-NN and object discovery (FG-ARI, mBO; datasets with instance maps) all reuse those cached C5 features.
 A ``random`` model copies the architecture and sizes of the first checkpoint file in the list (so the
 baseline is the same network), unless ``--arch`` / ``--dim-*`` / ``--num-prototypes`` are given. Usage::
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eval import knn, linear_probe, object_discovery, unsupervised_seg
+from eval import dense_retrieval, knn, linear_probe, object_discovery, unsupervised_seg
 from eval.common import Evaluation, run_evaluation, split_features
 from models.slotcon import SlotConTeacher
 
@@ -32,6 +32,14 @@ def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.devi
         ),
         "linear_probe": linear_probe.run_linear_probe(
             train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed
+        ),
+        "dense_retrieval": dense_retrieval.run_from_args(
+            args,
+            train.batches(args.batch_size, device),
+            evaluation.batches(args.batch_size, device),
+            len(train),
+            evaluation.num_classes,
+            evaluation.class_names,
         ),
     }
     if evaluation.instance is not None:
@@ -47,6 +55,7 @@ def summary_row(results: dict[str, Any]) -> dict[str, float]:
     row = {
         **unsupervised_seg.summary_row(results["unsupervised_seg"]),
         **linear_probe.summary_row(results["linear_probe"]),
+        "retrieval_miou": dense_retrieval.summary_row(results["dense_retrieval"])["retrieval_miou"],
     }
     if "knn" in results:
         row.update(knn.summary_row(results["knn"]))
@@ -64,10 +73,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=linear_probe.DEFAULT_LR, help="linear probe Adam learning rate")
     parser.add_argument("--k", type=int, default=knn.DEFAULT_K, help="k-NN neighbours")
     parser.add_argument("--temperature", type=float, default=knn.DEFAULT_TEMPERATURE, help="k-NN vote temperature")
+    dense_retrieval.add_options(parser, k_flag="--retrieval-k", temperature_flag="--retrieval-temperature")
 
 
 EVALUATION = Evaluation(
-    "python -m eval.report", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, multiple=True
+    "python -m eval.report",
+    __doc__.splitlines()[0],
+    evaluate,
+    summary_row,
+    describe,
+    add_options,
+    dense_retrieval.check_options,
+    multiple=True,
 )
 
 

@@ -355,7 +355,15 @@ def test_report_cli(demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path, capsy
     assert models["random"]["unsupervised_seg"]["num_clusters"] == 6
     for results in models.values():
         summary = dict(results["summary"])
-        assert set(summary) >= {"seg_hungarian_miou", "seg_majority_miou", "linear_miou", "knn_top1", "fg_ari", "mbo"}
+        assert set(summary) >= {
+            "seg_hungarian_miou",
+            "seg_majority_miou",
+            "linear_miou",
+            "retrieval_miou",
+            "knn_top1",
+            "fg_ari",
+            "mbo",
+        }
         assert -1.0 <= summary.pop("fg_ari") <= 1.0  # an ARI can fall below chance
         assert _in_unit_interval(*summary.values())
     table = capsys.readouterr().out
