@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import pickle
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,6 @@ try:
         AMPTrainer,
         SimpleTrainer,
         create_ddp_model,
-        default_argument_parser,
         default_setup,
         default_writers,
         hooks,
@@ -63,54 +60,23 @@ except ImportError as e:
         f"lazy_train_net.py needs detectron2 ({e}): run `bash transfer/detection/install_detectron2.sh`"
     ) from None
 
-TRAIN_SET, VAL_SET = "custom_train", "custom_val"
+# The command line, the data flags, the checks of a COCO-format set and the results file are train_net.py's.
+from transfer.detection.train_net import (
+    _REMOTE_PREFIXES,
+    TRAIN_SET,
+    VAL_SET,
+    command_with,
+    first_line,
+    parse_args,
+    read_coco_categories,
+    save_results,
+)
+
 NET_PREFIX = "backbone.net."
 _PLACEHOLDER = "SET_ME"
-_REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "manifold://")
 # Keys detectron2 reads with a default although the common configs do not set them: overriding them adds them.
 _OPTIONAL_KEYS = ("train.seed", "train.cudnn_benchmark", "train.float32_precision")
 _MISSING = object()
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """detectron2's standard flags (--config-file, --num-gpus, --resume, --eval-only...) and our data flags."""
-    parser = default_argument_parser()
-    parser.add_argument("--train-json", help="COCO-format annotations of your own training set")
-    parser.add_argument("--train-images", help="folder the training JSON's file_names are relative to")
-    parser.add_argument("--val-json", help="COCO-format annotations of your own validation set")
-    parser.add_argument("--val-images", help="folder the validation JSON's file_names are relative to")
-    return parser.parse_args(argv)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().strip("'\"")
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def read_coco_categories(json_file: str, image_root: str, flag: str) -> list[str]:
-    """Class names (by category id) of a COCO-format file, after checking that it and its images are there."""
-    if not os.path.isfile(json_file):
-        raise SystemExit(f"{json_file}: no such file ({flag}-json)")
-    if not os.path.isdir(image_root):
-        raise SystemExit(f"{image_root}: no such folder ({flag}-images)")
-    try:
-        with open(json_file) as f:
-            coco = json.load(f)
-        names = [str(c["name"]) for c in sorted(coco["categories"], key=lambda c: c["id"])]
-        file_names = [image["file_name"] for image in coco["images"]]
-        if not isinstance(coco["annotations"], list):
-            raise TypeError("'annotations' is not a list")
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"{json_file}: not a COCO-format instances file ({type(e).__name__}: {e})") from None
-    if not names or not file_names:
-        raise SystemExit(f"{json_file}: has no {'categories' if not names else 'images'}")
-    missing = [name for name in file_names if not os.path.isfile(os.path.join(image_root, name))]
-    if missing:
-        raise SystemExit(
-            f"{image_root}: {len(missing)} of the {len(file_names)} images of {json_file} are missing "
-            f"(e.g. {missing[0]})"
-        )
-    return names
 
 
 def register_own_datasets(args: argparse.Namespace, cfg: Any) -> None:
@@ -158,7 +124,7 @@ def apply_overrides(cfg: Any, opts: list[str]) -> None:
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except Exception as e:  # omegaconf raises its own types for values of the wrong kind
-            raise SystemExit(f"config override {item!r}: {_first_line(e)}") from None
+            raise SystemExit(f"config override {item!r}: {first_line(e)}") from None
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -169,24 +135,13 @@ def load_config(args: argparse.Namespace) -> Any:
     try:
         cfg = LazyConfig.load(path)
     except Exception as e:  # a config is arbitrary Python: report whatever it raised, on one line
-        raise SystemExit(f"{path}: {type(e).__name__}: {_first_line(e)}") from None
+        raise SystemExit(f"{path}: {type(e).__name__}: {first_line(e)}") from None
     for key in ("model", "train", "dataloader", "optimizer", "lr_multiplier"):
         if key not in cfg:
             raise SystemExit(f"{path}: not a LazyConfig training config (no {key!r})")
     register_own_datasets(args, cfg)
     apply_overrides(cfg, args.opts)
     return cfg
-
-
-def _command_with(argv: list[str], num_gpus: int, extra: list[str]) -> str:
-    """This command line with another --num-gpus and extra overrides."""
-    argv = list(argv)
-    for i, word in enumerate(argv):
-        if word == "--num-gpus" and i + 1 < len(argv):
-            argv[i + 1] = str(num_gpus)
-        elif word.startswith("--num-gpus="):
-            argv[i] = f"--num-gpus={num_gpus}"
-    return shlex.join(["python", *argv, *extra])
 
 
 def check_devices(args: argparse.Namespace, cfg: Any, argv: list[str]) -> None:
@@ -202,17 +157,17 @@ def check_devices(args: argparse.Namespace, cfg: Any, argv: list[str]) -> None:
         extra = ["train.amp.enabled=False"] if amp else []
         if args.num_gpus > 1 or amp:
             why = "detectron2's AMPTrainer is for CUDA" if amp else f"train.device={device} runs one process"
-            raise SystemExit(f"lazy_train_net.py: {why}; run instead: {_command_with(argv, 1, extra)}")
+            raise SystemExit(f"lazy_train_net.py: {why}; run instead: {command_with(argv, 1, extra)}")
     elif available == 0:
         extra = ["train.device=cpu", *(["train.amp.enabled=False"] if amp else [])]
         raise SystemExit(
             "lazy_train_net.py: this machine has no GPU; to train on its CPU (one process), run instead: "
-            f"{_command_with(argv, 1, extra)}"
+            f"{command_with(argv, 1, extra)}"
         )
     elif args.num_gpus > available:
         raise SystemExit(
             f"lazy_train_net.py: --num-gpus {args.num_gpus} but this machine has {available}; run instead: "
-            f"{_command_with(argv, available, [])}"
+            f"{command_with(argv, available, [])}"
         )
 
 
@@ -262,7 +217,7 @@ def read_weights(path: str) -> dict[str, Any]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch and pickle raise many types for foreign files
-        raise SystemExit(f"{path}: not a loadable weights file ({type(e).__name__}: {_first_line(e)})") from None
+        raise SystemExit(f"{path}: not a loadable weights file ({type(e).__name__}: {first_line(e)})") from None
     model = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(model, dict):
         raise SystemExit(f"{path}: no 'model' dict of tensors")
@@ -358,12 +313,6 @@ def do_train(args: argparse.Namespace, cfg: Any) -> dict:
     return dict(last)
 
 
-def save_results(cfg: Any, results: dict) -> None:
-    if comm.is_main_process() and results:
-        with open(os.path.join(str(cfg.train.output_dir), "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
-
-
 def main(args: argparse.Namespace) -> dict:
     """One process's job (``launch`` runs it once per GPU): set up, then train or evaluate."""
     cfg = load_config(args)
@@ -376,7 +325,7 @@ def main(args: argparse.Namespace) -> dict:
         results = do_test(cfg, model)
     else:
         results = do_train(args, cfg)
-    save_results(cfg, results)
+    save_results(str(cfg.train.output_dir), results)
     return results
 
 

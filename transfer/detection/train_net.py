@@ -67,6 +67,7 @@ class Trainer(DefaultTrainer):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """detectron2's standard flags (--config-file, --num-gpus, --resume, --eval-only...) and our data flags."""
     parser = default_argument_parser()
     parser.add_argument("--train-json", help="COCO-format annotations of your own training set")
     parser.add_argument("--train-images", help="folder the training JSON's file_names are relative to")
@@ -134,18 +135,18 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     try:
         cfg.merge_from_file(args.config_file)
     except (AssertionError, KeyError, ValueError, TypeError) as e:  # what yacs raises for keys and values
-        raise SystemExit(f"{args.config_file}: {_first_line(e)}") from None
+        raise SystemExit(f"{args.config_file}: {first_line(e)}") from None
     try:
         cfg.merge_from_list(register_own_datasets(args) + args.opts)  # the command line's own overrides win
     except (AssertionError, KeyError, ValueError, TypeError) as e:
         flags = [o for o in args.opts if o.startswith("--")]
         hint = f" ({flags[0]} is a flag: put it before the KEY VALUE pairs)" if flags else ""
-        raise SystemExit(f"config overrides {' '.join(args.opts)!r}: {_first_line(e)}{hint}") from None
+        raise SystemExit(f"config overrides {' '.join(args.opts)!r}: {first_line(e)}{hint}") from None
     cfg.freeze()
     return cfg
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip().strip("'\"")
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -203,7 +204,7 @@ def check_weights(cfg: CfgNode, resume: bool) -> None:
     check_backbone(cfg)
 
 
-def _command_with(argv: list[str], num_gpus: int, extra: list[str]) -> str:
+def command_with(argv: list[str], num_gpus: int, extra: list[str]) -> str:
     """This command line with another --num-gpus and extra config overrides."""
     argv = list(argv)
     for i, word in enumerate(argv):
@@ -231,23 +232,24 @@ def check_devices(args: argparse.Namespace, cfg: CfgNode, argv: list[str]) -> No
         if args.num_gpus > 1:
             raise SystemExit(
                 f"train_net.py: MODEL.DEVICE {cfg.MODEL.DEVICE} runs one process; run instead: "
-                f"{_command_with(argv, 1, scaled(1))}"
+                f"{command_with(argv, 1, scaled(1))}"
             )
     elif available == 0:
         raise SystemExit(
             "train_net.py: this machine has no GPU; to train on its CPU (one process), run instead: "
-            f"{_command_with(argv, 1, ['MODEL.DEVICE', 'cpu', *scaled(1)])}"
+            f"{command_with(argv, 1, ['MODEL.DEVICE', 'cpu', *scaled(1)])}"
         )
     elif args.num_gpus > available:
         raise SystemExit(
             f"train_net.py: --num-gpus {args.num_gpus} but this machine has {available}; run instead: "
-            f"{_command_with(argv, available, scaled(available))}"
+            f"{command_with(argv, available, scaled(available))}"
         )
 
 
-def save_results(cfg: CfgNode, results: dict) -> None:
+def save_results(output_dir: str, results: dict) -> None:
+    """The final numbers, to ``output_dir/results.json`` (main process)."""
     if comm.is_main_process() and results:
-        with open(os.path.join(cfg.OUTPUT_DIR, "results.json"), "w") as f:
+        with open(os.path.join(output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
 
 
@@ -260,13 +262,13 @@ def main(args: argparse.Namespace) -> dict | None:
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
-        save_results(cfg, results)
+        save_results(cfg.OUTPUT_DIR, results)
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)  # the evaluation after the last iteration
-    save_results(cfg, results)
+    save_results(cfg.OUTPUT_DIR, results)
     return results
 
 
