@@ -8,16 +8,9 @@ import torch
 
 from models.vit import VIT_ARCHS, ViTTrunk, build_vit, vit_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL_ARCHS = ("vit_tiny", "vit_tiny_p8")  # full-size networks, cheap enough to run at 32-64 px
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ViTs run fastest on one thread here (shared 2-core CI machines); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,12 @@ from tests.transfer_helpers import one_line_exit, tiny_demo_sets
 from transfer import vit_weights
 from transfer.segmentation.mmcv_ext import install as install_mmcv_ext
 
-pytestmark = pytest.mark.transfer
+pytestmark = [pytest.mark.transfer, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[1]
 SEG_CONFIGS = REPO / "transfer" / "segmentation" / "configs"
 D2_DIR = REPO / "transfer" / "detection"
 VITDET_CONFIGS = D2_DIR / "configs" / "ViTDet"
 DEMO_VITDET = VITDET_CONFIGS / "Demo_mask_rcnn_vitdet_t_SlotCon.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ViTs run fastest on one thread here (shared 2-core CI machines); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
