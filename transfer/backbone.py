@@ -17,6 +17,7 @@ from torch import Tensor
 
 from models.backbones import backbone_shapes
 from models.weights import backbone_state_dict, network_name
+from utils.atomic import OutputWriteError, check_writable
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 # (bottleneck blocks?, blocks per stage) -> depth; the plain ResNets detectron2 and mmseg can build.
@@ -109,10 +110,13 @@ def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tupl
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """The output path, after checking that its folder exists (one-line error otherwise)."""
+    """The output path, after checking that a file can be written there (one-line error otherwise)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise SystemExit(f"{path}: output folder {path.parent} does not exist")
     if path.is_dir():
         raise SystemExit(f"{path}: is a folder; give a file name")
-    return path
+    try:
+        return check_writable(path)
+    except OutputWriteError as e:
+        raise SystemExit(str(e)) from None

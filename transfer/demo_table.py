@@ -30,6 +30,7 @@ from transfer.backbone import load_resnet_backbone
 from transfer.demo_sets import write_transfer_sets
 from transfer.detection import convert_pretrain_to_d2
 from transfer.segmentation import convert_pretrain_to_mm
+from utils.atomic import write_text_atomic
 from utils.checkpoint import load_checkpoint
 from utils.tables import format_table
 
@@ -286,12 +287,13 @@ def main(argv: list[str] | None = None) -> None:
         f"img; FCN mmseg, {args.seg_iters} it x {args.seg_batch} img; {train['num_images']} train / "
         f"{val['num_images']} val scenes; seed {args.seed}; {wall / 60:.1f} min)"
     )
-    (out / "table.md").write_text(caption + "\n\n" + table + "\n")
-    (out / "table.json").write_text(
+    write_text_atomic(out / "table.md", caption + "\n\n" + table + "\n")
+    write_text_atomic(
+        out / "table.json",
         json.dumps(
             {"rows": rows, "seconds": seconds, "wall_seconds": wall, "detector": detector, "args": vars(args)}, indent=1
         )
-        + "\n"
+        + "\n",
     )
     print(f"\n{caption}\n\n{table}\n\n(also in {out / 'table.md'})")
 

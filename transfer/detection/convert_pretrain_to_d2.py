@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run by path, as the original README does: make 
 
 from models.weights import network_name
 from transfer.backbone import check_output_path, load_resnet_backbone
+from utils.atomic import OutputWriteError, write_atomic
 
 # detectron2 reads a .pkl with "__author__" as a non-Caffe2 model (so it keeps our names and RGB layout),
 # and "matching_heuristics" lets it match names by suffix, as for its own converted models.
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     out = check_output_path(args.output)
     state, depth = load_resnet_backbone(args.input, student=args.student)
     model = to_detectron2(state)
-    with open(out, "wb") as f:
-        pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True}, f)
+    payload = {"model": model, "__author__": AUTHOR, "matching_heuristics": True}
+    try:  # whole or not at all: a full disk must not leave a truncated .pkl under the name detectron2 is given
+        write_atomic(out, lambda f: pickle.dump(payload, f))
+    except OutputWriteError as e:
+        raise SystemExit(str(e)) from None
     print(f"wrote {len(model)} tensors of the {network_name(args.student)} ResNet-{depth} to {out} (detectron2 names)")
 
 

@@ -45,6 +45,7 @@ except ImportError as e:
     ) from None
 
 from transfer.backbone import depth_from_names
+from utils.atomic import write_text_atomic
 
 _REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "manifold://")
 # The names our own COCO-format sets are registered under.
@@ -247,8 +248,7 @@ def check_devices(args: argparse.Namespace, cfg: CfgNode, argv: list[str]) -> No
 
 def save_results(cfg: CfgNode, results: dict) -> None:
     if comm.is_main_process() and results:
-        with open(os.path.join(cfg.OUTPUT_DIR, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_text_atomic(os.path.join(cfg.OUTPUT_DIR, "results.json"), json.dumps(results, indent=1) + "\n")
 
 
 def main(args: argparse.Namespace) -> dict | None:

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run by path, as the original README does: make 
 
 from models.weights import network_name
 from transfer.backbone import check_output_path, load_resnet_backbone
+from utils.atomic import OutputWriteError, write_atomic
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     out = check_output_path(args.output)
     state, depth = load_resnet_backbone(args.input, student=args.student)  # "fc.*" already dropped
     # clone(): save each tensor on its own storage, not the whole checkpoint's storage it may view into.
-    torch.save({"state_dict": {k: v.detach().clone() for k, v in state.items()}}, out)
+    try:  # whole or not at all: a full disk must not leave a truncated file under the name mmseg is given
+        weights = {"state_dict": {k: v.detach().clone() for k, v in state.items()}}
+        write_atomic(out, lambda f: torch.save(weights, f))
+    except OutputWriteError as e:
+        raise SystemExit(str(e)) from None
     print(
         f"wrote {len(state)} tensors of the {network_name(args.student)} ResNet-{depth} to {out} "
         "(mmseg/torchvision names)"
