@@ -344,6 +344,9 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
     try:
         return main()
     except (ValueError, OSError, OutputWriteError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = str(exc).strip().splitlines()
+        message = lines[0] if lines else type(exc).__name__
+        if message.startswith("Caught ") and "DataLoader worker" in message:  # --workers: the worker's own last line
+            message = lines[-1].split(f"{type(exc).__name__}: ", 1)[-1]
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2

@@ -86,7 +86,9 @@ def check_resnet(state: dict[str, Tensor], depth: int) -> None:
 
 
 def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tuple[dict[str, Tensor], int]:
-    """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth.
+    """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth; every
+    floating-point tensor as float32 (what both libraries build their models in: float16, bfloat16 and float64
+    weights are accepted, and numpy, which detectron2's pickle holds, has no bfloat16).
 
     Raises ``SystemExit`` with a one-line message naming ``path`` for anything that is not a full SlotCon
     checkpoint of a plain ResNet (ours or an official one).
@@ -97,7 +99,7 @@ def load_resnet_backbone(path: str | os.PathLike, student: bool = False) -> tupl
     except CheckpointError as e:
         message = str(e)
         raise SystemExit(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
     try:
         depth = infer_depth(state)
         check_resnet(state, depth)
