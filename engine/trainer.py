@@ -62,8 +62,10 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
     model: nn.Module = slotcon
     if info.distributed:
         convert_to_sync_batchnorm(slotcon, use_torch_sync=info.device.type == "cuda")
+        # No buffer broadcast in the forward pass: BN statistics and the centre are synchronised by the model itself
+        # (the same on every rank). forward_sync_buffers replaces broadcast_buffers, which warns under torch 2.14.
         model = DistributedDataParallel(
-            slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, broadcast_buffers=False
+            slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, forward_sync_buffers=False
         )
     lr = scaled_lr(args)
     params = [p for p in slotcon.parameters() if p.requires_grad]
