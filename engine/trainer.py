@@ -159,6 +159,7 @@ class StepCounts:
     preempted: int = 0  # ranks that received a preemption signal
     skipped_images: int = 0  # unreadable files met while making the batch
     save_due: int = 0  # ranks whose mid-epoch save timer ran out
+    output_failed: int = 0  # ranks whose log, metrics.jsonl or TensorBoard could not be written
 
     def values(self) -> list[float]:
         return [float(getattr(self, f.name)) for f in fields(self)]

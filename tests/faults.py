@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     faults = parser.parse_args(argv[:split])
     build = main_pretrain.build_trainer
     main_pretrain.build_trainer = lambda *a, **k: inject_faults(build(*a, **k), faults.nan_loss_at, faults.inf_lr_at)
-    main_pretrain.main(main_pretrain.get_args_parser().parse_args(argv[split + 1 :]))
+    main_pretrain.run(main_pretrain.get_args_parser().parse_args(argv[split + 1 :]))
 
 
 if __name__ == "__main__":
