@@ -12,15 +12,19 @@ from typing import Any
 from utils.atomic import describe_failure
 
 
-def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
+def _quiet_writer_threads() -> None:
     """Leave a failure of TensorBoard's writer thread to ``CheckedSummaryWriter`` (it re-raises there at the next
-    call and becomes the run's one line) instead of printing its traceback; other threads as before."""
-    if type(args.thread).__name__ == "_AsyncWriterThread":
+    call and becomes the run's one line) instead of printing its traceback; other threads go to the hook before."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
         return
-    _default_hook(args)
 
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
 
-_default_hook = threading.excepthook
+    hook.quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class CheckedSummaryWriter:
@@ -33,7 +37,7 @@ class CheckedSummaryWriter:
         self.log_dir = str(log_dir)
         self.failure = ""
         self._writer: Any = None
-        threading.excepthook = _quiet_writer_thread
+        _quiet_writer_threads()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
