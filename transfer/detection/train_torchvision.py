@@ -29,7 +29,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from transfer.backbone import SUPPORTED_DEPTHS, load_resnet_backbone
 from transfer.detection.torchvision_maskrcnn import build_maskrcnn
-from utils.atomic import OutputWriteError, write_text_atomic
+from utils.atomic import OutputWriteError, check_writable, write_text_atomic
 from utils.checkpoint import save_atomic
 
 
@@ -218,7 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or full disk: now, not after the training
+        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out / "model_final.pth")
+    except OSError as e:
+        raise SystemExit(f"train_torchvision.py: --output-dir {out}: {e.strerror}") from None
+    except OutputWriteError as e:
+        raise SystemExit(f"train_torchvision.py: {e}") from None
     torch.manual_seed(args.seed)
     train_set = CocoInstances(args.train_json, args.train_images, train=True)
     val_set = CocoInstances(args.val_json, args.val_images, train=False)
