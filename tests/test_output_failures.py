@@ -83,3 +83,21 @@ def test_tensorboard_removed_mid_run_with_loader_workers_stops_with_74_after_sav
     )
     assert saved == logged_iterations(out)
     assert _session_is_gone(proc.pid), "loader workers outlived the run"
+
+
+@pytest.mark.slow
+def test_a_bug_mid_run_with_loader_workers_exits_at_once_with_its_traceback(tmp_path):
+    """No exit path waits on the loader workers: before, an exception left the process joining workers that ignore
+    the SIGTERM Python stops them with at exit, for ever."""
+    images = make_images(tmp_path / "images")
+    out, err = tmp_path / "run", tmp_path / "stderr"
+    flags = [*AS_A_USER, "--data-dir", str(images), "--output-dir", str(out)]
+    proc = _start(["-m", "tests.faults", "--bug-at", "1", "--", *flags], err, command=())
+    try:
+        code = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = err.read_text()
+    assert code == 1 and "RuntimeError: injected bug at iteration 1" in stderr, stderr[-3000:]
+    assert _session_is_gone(proc.pid), "loader workers outlived the run"
