@@ -13,6 +13,7 @@ if __name__ == "__main__":
     PREEMPTION.install()
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -519,21 +520,32 @@ def train_one_epoch(
 
 def run(args: argparse.Namespace) -> NoReturn:
     """``main(args)``, then exit with its code at once, waiting on nothing: a loader worker or a TensorBoard thread
-    that a failure left behind cannot hold the process (workers die with it: ``loader_worker_init``)."""
-    code = 0
+    that a failure left behind cannot hold the process (workers die with it: ``loader_worker_init``), and neither can
+    a console that cannot be written (a SLURM log on the disk that just filled up)."""
+    code = 1
     try:
-        main(args)
+        code = _exit_code_of(main, args)
+    finally:
+        for finish in (logging.shutdown, sys.stdout.flush, sys.stderr.flush):  # log.txt, then the console
+            with contextlib.suppress(Exception):
+                finish()
+        os._exit(code)
+
+
+def _exit_code_of(function: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """``function(args)``'s exit code, its message or traceback printed as the interpreter would (if it can)."""
+    try:
+        function(args)
     except SystemExit as e:
-        if isinstance(e.code, str):  # SystemExit("message"): what the interpreter would print, and exit 1
-            print(e.code, file=sys.stderr)
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # a bug: its traceback, as the interpreter would
-        traceback.print_exc()
-        code = 1
-    logging.shutdown()  # flush and close log.txt
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        if isinstance(e.code, str):  # SystemExit("message"): printed, and exit code 1
+            with contextlib.suppress(OSError):
+                print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # a bug: its traceback
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ output cannot be written. The file format itself (atomic writes, safe loads) is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import operator
 import os
@@ -375,5 +376,6 @@ def rescale_iteration(iteration: int, completed_epochs: int, saved_iters_per_epo
 def stop_on_io_error(logger: logging.Logger, message: str) -> NoReturn:
     """Stop the run because its output cannot be written: one line, exit code EXIT_SAVE_FAILED (not requeued)."""
     logger.error(message)
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # the console may be a file on the disk that just filled up
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_SAVE_FAILED)

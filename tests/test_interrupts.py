@@ -26,15 +26,13 @@ def image_dir(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("images"))
 
 
-def _start(args: list[str], stderr: Path, command: tuple[str, ...] = ("main_pretrain.py",)) -> subprocess.Popen:
+def _start(
+    args: list[str], stderr: Path, command: tuple[str, ...] = ("main_pretrain.py",), stdout: Path | None = None
+) -> subprocess.Popen:
     """A run in its own session (its process group is what a terminal's Ctrl-C reaches), stderr to a file."""
-    with open(stderr, "w") as err:
+    with open(stderr, "w") as err, open(stdout or os.devnull, "w") as out:
         return subprocess.Popen(
-            [sys.executable, *command, *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
+            [sys.executable, *command, *args], cwd=ROOT, stdout=out, stderr=err, start_new_session=True
         )
 
 
@@ -66,9 +64,9 @@ def _session_is_gone(session: int, timeout: float = 10) -> bool:
 
 def test_ctrl_c_to_the_process_group_saves_exits_75_and_the_resume_logs_each_iteration_once(image_dir, tmp_path):
     out, err = tmp_path / "run", tmp_path / "stderr"
-    common = [*AS_A_USER, "--data-dir", str(image_dir), "--output-dir", str(out)]
+    common = [*AS_A_USER, "--epochs", "1", "--data-dir", str(image_dir), "--output-dir", str(out)]
     proc = _start(common, err)
-    _wait(lambda: logged_iterations(out) >= 2, proc, "two logged iterations")
+    _wait(lambda: logged_iterations(out) >= 1, proc, "a logged iteration")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the run and its loader workers
     assert proc.wait(timeout=300) == EXIT_PREEMPTED, err.read_text()[-3000:]
     stderr = err.read_text()
@@ -83,7 +81,7 @@ def test_ctrl_c_to_the_process_group_saves_exits_75_and_the_resume_logs_each_ite
     resumed = run([*common, "--auto-resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert iterations == list(range(6))
+    assert iterations == list(range(3))
     assert json.loads((out / "metrics.discarded.jsonl").read_text())["loss"] == 0.0
 
 

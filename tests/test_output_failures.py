@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -86,18 +87,23 @@ def test_tensorboard_removed_mid_run_with_loader_workers_stops_with_74_after_sav
 
 
 @pytest.mark.slow
-def test_a_bug_mid_run_with_loader_workers_exits_at_once_with_its_traceback(tmp_path):
+@pytest.mark.parametrize("console", ["a file", "a full disk"])
+def test_a_bug_mid_run_with_loader_workers_exits_at_once_with_its_traceback(tmp_path, console):
     """No exit path waits on the loader workers: before, an exception left the process joining workers that ignore
-    the SIGTERM Python stops them with at exit, for ever."""
+    the SIGTERM Python stops them with at exit, for ever; so did a console on a full disk (a SLURM log beside the
+    output), on which printing the message raised again."""
     images = make_images(tmp_path / "images")
-    out, err = tmp_path / "run", tmp_path / "stderr"
+    out = tmp_path / "run"
+    err = tmp_path / "stderr" if console == "a file" else Path("/dev/full")  # /dev/full: every write is ENOSPC
     flags = [*AS_A_USER, "--data-dir", str(images), "--output-dir", str(out)]
-    proc = _start(["-m", "tests.faults", "--bug-at", "1", "--", *flags], err, command=())
+    console_out = err if console == "a full disk" else None  # the log's console lines too
+    proc = _start(["-m", "tests.faults", "--bug-at", "1", "--", *flags], err, command=(), stdout=console_out)
     try:
         code = proc.wait(timeout=240)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    stderr = err.read_text()
-    assert code == 1 and "RuntimeError: injected bug at iteration 1" in stderr, stderr[-3000:]
+    assert code == 1
+    if console == "a file":
+        assert "RuntimeError: injected bug at iteration 1" in err.read_text(), err.read_text()[-3000:]
     assert _session_is_gone(proc.pid), "loader workers outlived the run"
