@@ -76,8 +76,9 @@ def exit_code(failure_codes: list[int], preempted: bool) -> int:
 if __name__ == "__main__":
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handle)
-    # torchrun would replace the SIGTERM and SIGINT handlers with its own when it starts the workers.
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    # torchrun would replace the SIGTERM and SIGINT handlers with its own when it starts the workers (the default of
+    # its --signals-to-handle, which it reads from this variable).
+    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     threading.Thread(target=_late_delivery, daemon=True).start()
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -136,3 +136,28 @@ def test_torchrun_keeps_a_signal_from_its_start_up_for_its_workers(tmp_path):
     _signal_during_start_up(proc, signal.SIGUSR1)
     assert proc.wait(timeout=120) == EXIT_PREEMPTED, err.read_text()[-3000:]
     assert time.time() - started < 50  # the worker got the signal; it did not sleep its minute out
+
+
+WORKER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from utils.preemption import EXIT_PREEMPTED, PREEMPTION
+PREEMPTION.install()
+Path({ready!r}).touch()
+while not PREEMPTION.raised:
+    time.sleep(0.05)
+sys.exit(EXIT_PREEMPTED)  # as main_pretrain.py does after its save
+"""
+
+
+def test_ctrl_c_under_scripts_torchrun_reaches_the_workers_as_a_preemption(tmp_path):
+    worker, ready, err = tmp_path / "worker.py", tmp_path / "ready", tmp_path / "stderr"
+    worker.write_text(WORKER.format(root=str(ROOT), ready=str(ready)))
+    proc = _start(
+        ["--standalone", "--nproc_per_node=1", str(worker)], err, command=(str(ROOT / "scripts" / "torchrun.py"),)
+    )
+    _wait(ready.exists, proc, "the worker", 120)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: torchrun and its worker
+    assert proc.wait(timeout=60) == EXIT_PREEMPTED, err.read_text()[-3000:]
+    assert "Traceback" not in err.read_text()  # before: torchrun's own handler raised SignalException
