@@ -1,9 +1,11 @@
 """torchrun, with the changes that let a job script requeue a preempted run (used by pretrain_r50.sh).
 
 - Preemption signals are passed on to the workers, which save and exit 75: SIGUSR1 and SIGTERM as they are,
-  Ctrl-C (SIGINT) as SIGTERM, since a terminal's Ctrl-C reaches the workers itself and a second SIGINT would make
-  them stop at once without saving. Plain torchrun dies of SIGUSR1, leaving its workers on their own, and answers
-  SIGTERM and SIGINT by stopping the workers itself, with SIGKILL 30 s later, whatever they were doing.
+  Ctrl-C (SIGINT) as SIGTERM (torchrun starts each worker in a session of its own, so a terminal's Ctrl-C reaches
+  this process alone; a scheduler that signals every process may reach the workers too, and two SIGINTs would stop
+  a worker unsaved). A second Ctrl-C stops the workers at once, without saving (SIGKILL), and exits 130; both say
+  so. Plain torchrun dies of SIGUSR1, leaving its workers on their own, and answers SIGTERM and SIGINT by stopping
+  the workers itself, with SIGKILL 30 s later, whatever they were doing.
 - The handlers are in place before torch is imported (seconds), and a signal that arrives before the workers
   exist reaches them as soon as they do: a preemption at any moment ends in 75, never in the default action.
 - Its exit code is the workers' when all workers that failed by themselves exited with the same code, and 75 when
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 EXIT_PREEMPTED = 75
+EXIT_ABORTED = 130  # 128 + SIGINT: a second Ctrl-C
 _received: list[int] = []  # the preemption signals this process got, in order
 _delivered: dict[int, set[int]] = {}  # worker pid -> the signals passed on to it
 
@@ -52,8 +55,24 @@ def _pass_on() -> None:
                     os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
 
 
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):  # os.write: safe inside a handler that may interrupt a print
+        os.write(2, f"scripts/torchrun.py: {text}\n".encode())
+
+
 def _handle(signum: int, frame) -> None:
+    if signum == signal.SIGINT and signal.SIGINT in _received:
+        _say("second Ctrl-C: stopping the workers now, without saving; current.pth keeps the last save")
+        for pid in _children():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # each worker leads its own group: its loader workers too
+        os._exit(EXIT_ABORTED)
     _received.append(signum)
+    if signum == signal.SIGINT:
+        _say(
+            f"Ctrl-C: the workers finish their step, save current.pth and exit with {EXIT_PREEMPTED} (press Ctrl-C "
+            "again to stop them at once, without saving)"
+        )
     _pass_on()
 
 

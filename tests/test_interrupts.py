@@ -139,25 +139,36 @@ def test_torchrun_keeps_a_signal_from_its_start_up_for_its_workers(tmp_path):
 
 
 WORKER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from utils.preemption import EXIT_PREEMPTED, PREEMPTION
 PREEMPTION.install()
-Path({ready!r}).touch()
+Path({ready!r}).write_text(str(os.getpid()))
 while not PREEMPTION.raised:
     time.sleep(0.05)
+Path({saving!r}).touch()
+time.sleep(float(sys.argv[1]))  # the step and the save
 sys.exit(EXIT_PREEMPTED)  # as main_pretrain.py does after its save
 """
 
 
-def test_ctrl_c_under_scripts_torchrun_reaches_the_workers_as_a_preemption(tmp_path):
-    worker, ready, err = tmp_path / "worker.py", tmp_path / "ready", tmp_path / "stderr"
-    worker.write_text(WORKER.format(root=str(ROOT), ready=str(ready)))
-    proc = _start(
-        ["--standalone", "--nproc_per_node=1", str(worker)], err, command=(str(ROOT / "scripts" / "torchrun.py"),)
-    )
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_under_scripts_torchrun_is_a_preemption_and_a_second_one_stops_at_once(tmp_path, presses):
+    worker, ready, saving, err = tmp_path / "worker.py", tmp_path / "ready", tmp_path / "saving", tmp_path / "stderr"
+    worker.write_text(WORKER.format(root=str(ROOT), ready=str(ready), saving=str(saving)))
+    save_seconds = "0" if presses == 1 else "60"
+    torchrun = (str(ROOT / "scripts" / "torchrun.py"),)
+    proc = _start(["--standalone", "--nproc_per_node=1", str(worker), save_seconds], err, command=torchrun)
     _wait(ready.exists, proc, "the worker", 120)
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: torchrun and its worker
-    assert proc.wait(timeout=60) == EXIT_PREEMPTED, err.read_text()[-3000:]
-    assert "Traceback" not in err.read_text()  # before: torchrun's own handler raised SignalException
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    if presses == 2:
+        _wait(saving.exists, proc, "the worker's save", 60)
+        os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=45) == (EXIT_PREEMPTED if presses == 1 else EXIT_ABORTED), err.read_text()[-3000:]
+    stderr = err.read_text()
+    assert "Traceback" not in stderr  # before: torchrun's own handler raised SignalException
+    assert "Ctrl-C: the workers finish their step" in stderr
+    if presses == 2:
+        assert "second Ctrl-C: stopping the workers now, without saving" in stderr
+        assert _session_is_gone(int(ready.read_text()))  # the worker leads a session of its own
