@@ -5,42 +5,47 @@ The engine it drives (the model, the step, checkpoints, the log) is the ``engine
 
 from __future__ import annotations
 
+# First, before numpy and torch take seconds to import: from here on a preemption signal (SIGTERM, SIGUSR1, Ctrl-C)
+# is kept and acted on at the first step, instead of its default action killing the job unsaved (README).
+from utils.preemption import EXIT_PREEMPTED, PREEMPTION, loader_worker_init  # isort: skip
+
+if __name__ == "__main__":
+    PREEMPTION.install()
+
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import random
-import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from data.datasets import DATASETS, DatasetError, TwoViewDataset, collate_two_views, list_images
+from data.datasets import DATASETS, DatasetError, TwoViewDataset, collate_two_views, count_by_folder, list_images
 from data.photometric import BatchAugment
 from data.sampler import ResumableSampler
 from data.transforms import TwoViewCrop
-from engine.checkpointing import Saver, resume_from_checkpoint
-from engine.train_log import TrainLog, make_writer
+from engine.checkpointing import Saver, choose_checkpoint, resume_from_checkpoint, stop_on_io_error
+from engine.train_log import TrainLog, make_writer, rewind_metrics
 from engine.trainer import StepCounts, StepResult, Trainer, build_trainer, fill_device_defaults, scaled_lr
 from eval.monitor import Monitor
 from models.backbones import ARCHS, backbone_spec, resolve_output_stride
 from models.heads import HEAD_NORMS
-from utils.distributed import init_distributed, parse_device, process_group_active
+from utils.atomic import OutputWriteError, write_text_atomic
+from utils.checkpoint import EXIT_SAVE_FAILED
+from utils.distributed import init_distributed, parse_device, process_group_active, sum_over_ranks
 from utils.logger import setup_logger
 from utils.run_lock import RunLockError, hold_output_dir
-
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR1 after saving; requeue the job to continue
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -270,27 +275,8 @@ def fill_arch_defaults(args: argparse.Namespace) -> None:
     args.head_norm = args.head_norm or backbone_spec(args.arch).head_norm
 
 
-class PreemptionFlag:
-    """Set by SIGTERM/SIGUSR1; the loop finishes its step, saves and exits with EXIT_PREEMPTED."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.raised = True
-
-    @staticmethod
-    def ignore_in_loader_worker(worker_id: int) -> None:
-        """A DataLoader ``worker_init_fn``. SLURM and ``kill -- -PGID`` signal every process, loader workers
-        included: a worker killed by the signal would make PyTorch raise in the main process before it saves."""
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_IGN)
-
-
 def main(args: argparse.Namespace) -> None:
-    preempted = PreemptionFlag()  # before any work: a SIGUSR1 during start-up must not kill the job unsaved
+    PREEMPTION.install()  # again when main is called without the __main__ block above (tests/faults.py)
     check_args(args, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     info = init_distributed(args.device)
     try:  # before the log: a second run must not write into the holder's log.txt
@@ -335,7 +321,7 @@ def main(args: argparse.Namespace) -> None:
         pin_memory=device.type == "cuda",
         collate_fn=collate_two_views,
         persistent_workers=workers > 0,
-        worker_init_fn=PreemptionFlag.ignore_in_loader_worker,
+        worker_init_fn=loader_worker_init,
     )
     augment = BatchAugment(device, seed, compile=args.compile)
     iters_per_epoch = sampler.batches_per_epoch
@@ -345,11 +331,15 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- resume
     iteration, completed_epochs = (args.start_epoch - 1) * iters_per_epoch, args.start_epoch - 1
-    resume_path = args.resume or (Path(args.output_dir) / "current.pth" if args.auto_resume else None)
-    resumed_from = None
-    if resume_path and Path(resume_path).is_file():
-        iteration, completed_epochs = resume_from_checkpoint(resume_path, trainer, args, iters_per_epoch, logger)
-        resumed_from = Path(resume_path)
+    first_logged = iteration  # metrics.jsonl records from here on belong to what this run (re)does
+    resume_path, why = choose_checkpoint(args.resume, args.auto_resume, args.output_dir)
+    resumed = None
+    if resume_path is not None:
+        if why and info.is_main:
+            logger.info("%s", why)
+        resumed = resume_from_checkpoint(resume_path, trainer, args, iters_per_epoch, logger)
+        iteration, completed_epochs = resumed.iteration, resumed.completed_epochs
+        first_logged = min(resumed.iteration, resumed.saved_iteration)
     elif args.auto_resume:
         logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
     if info.distributed:
@@ -365,8 +355,22 @@ def main(args: argparse.Namespace) -> None:
             len(trainer.lr_schedule),
             scaled_lr(args),
         )
-        (Path(args.output_dir) / "config.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
-    writer = make_writer(args, info)
+        if args.dataset == "folder":
+            counts = count_by_folder(files, args.data_dir)
+            logger.info("images per top-level folder: %s", ", ".join(f"{name} {n}" for name, n in counts.items()))
+        try:
+            write_text_atomic(Path(args.output_dir) / "config.json", json.dumps(vars(args), indent=2, sort_keys=True))
+            moved = rewind_metrics(Path(args.output_dir) / "metrics.jsonl", first_logged)
+        except OutputWriteError as e:
+            stop_on_io_error(logger, str(e))
+        if moved:
+            logger.info(
+                "metrics.jsonl: moved %d records of iterations from %d on to metrics.discarded.jsonl (logged after "
+                "the checkpoint, by a run that stopped before its next save; they are redone now)",
+                moved,
+                first_logged,
+            )
+    writer = make_writer(args, info, first_logged)
     monitor = None
     if info.is_main:  # pictures need TensorBoard; the online evaluation runs without it and goes to the log
         try:
@@ -375,9 +379,11 @@ def main(args: argparse.Namespace) -> None:
             )
         except ValueError as e:  # --eval-data that holds no readable demo scenes
             raise SystemExit(f"--eval-data: {e}") from None
-    saver = Saver(args, info, trainer, iters_per_epoch, logger, resumed_from)
+    saver = Saver(args, info, trainer, iters_per_epoch, logger, None if resumed is None else resumed.path)
     if run_lock is not None and run_lock.held:  # a save killed midway leaves its temp file; the target is intact
         run_lock.remove_stale(".*.pth.*.tmp")
+    if resumed is not None and resumed.path.resolve() == saver.current.resolve():
+        saver.restore_promised_epoch_file(resumed)
     state = LoopState(iteration, args.batch_size, args.max_nonfinite_steps, args.max_bad_image_fraction, args.data_dir)
     log = TrainLog(args, info, trainer, iters_per_epoch, logger, writer)
 
@@ -391,27 +397,66 @@ def main(args: argparse.Namespace) -> None:
     for epoch in range(start_epoch, args.epochs + 1):
         sampler.set_epoch(epoch, start_batch=state.iteration - (epoch - 1) * iters_per_epoch)
         try:
-            stopped_by_signal = train_one_epoch(trainer, loader, augment, epoch, state, log, saver, preempted)
+            stop = train_one_epoch(trainer, loader, augment, epoch, state, log, saver)
         except TooManyNonFiniteSteps as e:
             raise SystemExit(f"{e} {saver.last_good_note()}") from None
-        if stopped_by_signal:
-            saver.save(epoch - 1, state.iteration)
-            logger.info(
-                "preempted: saved %s at iteration %d; exiting with code %d",
-                saver.current,
-                state.iteration,
-                EXIT_PREEMPTED,
-            )
-            finish(writer)
-            sys.exit(EXIT_PREEMPTED)
+        if stop is not None:
+            stop_after_saving(stop, saver, epoch - 1, state.iteration, logger)
         saver.save(epoch, state.iteration, keep_epoch_file=epoch % args.save_freq == 0 or epoch == args.epochs)
         if monitor is not None:
             scores = monitor.on_epoch_end(trainer.slotcon, epoch, state.iteration)
             if scores:
                 logger.info("eval after epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    finish(writer)
+        if writer is not None:
+            writer.flush()  # a failure in TensorBoard's own thread shows here at the latest
+        # The epoch's last lines and pictures: a failure there would otherwise wait for the next step (or be lost).
+        failure = log.failure()
+        if any_rank(bool(failure), device):
+            stop_on_io_error(logger, f"{failure or OTHER_RANK_FAILED}; {saver.last_good_note()}")
+    if writer is not None:
+        writer.close()
+        if writer.failure:
+            stop_on_io_error(logger, f"{writer.failure}; {saver.last_good_note()}")
+    if process_group_active():
+        dist.destroy_process_group()
     if info.is_main:
         logger.info("training done: %d epochs, checkpoints in %s", args.epochs, args.output_dir)
+
+
+OTHER_RANK_FAILED = "another process could not write its log (its log.txt.rankN or the console say why)"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why an epoch stopped early, after a complete step; ``stop_after_saving`` saves and exits with ``code``."""
+
+    code: int  # EXIT_PREEMPTED, EXIT_SAVE_FAILED (a writer failed) or 1 (too many unreadable images)
+    message: str = ""
+
+
+def stop_after_saving(
+    stop: Stop, saver: Saver, completed_epochs: int, iteration: int, logger: logging.Logger
+) -> NoReturn:
+    """Save ``current.pth`` (on every rank: a collective), then exit as ``stop`` says, in one line."""
+    error = saver.attempt(completed_epochs, iteration)
+    if error:
+        saved = f"the final save failed too: {error}. {saver.last_good_note()}"
+    else:
+        saved = f"saved {saver.current} at iteration {iteration} before stopping"
+    if stop.code == EXIT_PREEMPTED:
+        if error:  # the signal asked for a requeue, but a run that cannot save must not be requeued
+            stop_on_io_error(logger, f"preempted, and {saved}")
+        logger.info("preempted: %s; exiting with code %d", saved, EXIT_PREEMPTED)
+        sys.exit(EXIT_PREEMPTED)
+    if stop.code == EXIT_SAVE_FAILED:
+        stop_on_io_error(logger, f"{stop.message}; {saved}")
+    logger.error("%s; %s", stop.message, saved)
+    raise SystemExit(f"{stop.message}; {saved}")
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself without a process group). A collective."""
+    return bool(sum_over_ranks(torch.tensor([float(flag)], device=device)).item())
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -431,16 +476,18 @@ class LoopState:
     images_read: int = 0
     images_skipped: int = 0
 
-    def count_images(self, skipped: int) -> None:
-        """``skipped``: unreadable files met while making this step's batch, over all ranks."""
+    def count_images(self, skipped: int) -> str:
+        """``skipped``: unreadable files met while making this step's batch, over all ranks. Returns the message
+        that stops the run once more than ``max_bad_image_fraction`` of the images read were unreadable, else ""."""
         self.images_read += self.batch_size + skipped
         self.images_skipped += skipped
         if self.images_skipped > self.max_bad_image_fraction * max(self.images_read, 1000):
-            raise SystemExit(
+            return (
                 f"{self.images_skipped} of {self.images_read} images were unreadable "
                 f"(> {self.max_bad_image_fraction:.1%}); check --data-dir {self.data_dir} "
                 f"and the log for their paths"
             )
+        return ""
 
     def count_step(self, result: StepResult, logger: logging.Logger) -> None:
         """Log an undone step; ``TooManyNonFiniteSteps`` after ``max_nonfinite_steps`` in a row."""
@@ -479,9 +526,8 @@ def train_one_epoch(
     state: LoopState,
     log: TrainLog,
     saver: Saver,
-    preempted: PreemptionFlag,
-) -> bool:
-    """One epoch (from where a resume left off). Returns True if stopped by a preemption signal."""
+) -> Stop | None:
+    """One epoch (from where a resume left off). Returns why it stopped early, if it did."""
     trainer.model.train()
     device = trainer.device
     for batch_index, batch in enumerate(readable_batches(loader, state.data_dir), start=loader.sampler.start_batch):
@@ -490,27 +536,55 @@ def train_one_epoch(
         boxes = [b.to(device, non_blocking=True) for b in batch["boxes"]]
         flipped = [f.to(device, non_blocking=True) for f in batch["flipped"]]
         # Ranks must agree on stopping and saving (a save is a collective): the counts ride in the step's all-reduce.
-        counts = StepCounts(int(preempted.raised), len(batch["skipped"]), int(saver.due()))
+        failure = log.failure()
+        counts = StepCounts(int(PREEMPTION.raised), len(batch["skipped"]), int(saver.due()), int(bool(failure)))
         result = trainer.step(crops, boxes, flipped, state.iteration, counts)
         if batch["skipped"]:
             log.logger.warning("unreadable images skipped: %s", ", ".join(batch["skipped"]))
-        state.count_images(result.counts.skipped_images)
+        too_many_unreadable = state.count_images(result.counts.skipped_images)
         state.count_step(result, log.logger)
         state.iteration += 1
         log.record(epoch, batch_index, state.iteration - 1, result.losses)
+        if result.counts.output_failed:  # a full disk stays full: not a requeue (75) but 74, as a failed save
+            return Stop(EXIT_SAVE_FAILED, failure or OTHER_RANK_FAILED)
+        if too_many_unreadable:
+            return Stop(1, too_many_unreadable)
         if result.counts.preempted:
-            return True
+            return Stop(EXIT_PREEMPTED)
         if result.counts.save_due:
             saver.save(epoch - 1, state.iteration)
-    return False
+    return None
 
 
-def finish(writer: SummaryWriter | None) -> None:
-    if writer is not None:
-        writer.close()
-    if process_group_active():
-        dist.destroy_process_group()
+def run(args: argparse.Namespace) -> NoReturn:
+    """``main(args)``, then exit with its code at once, waiting on nothing: a loader worker or a TensorBoard thread
+    that a failure left behind cannot hold the process (workers die with it: ``loader_worker_init``), and neither can
+    a console that cannot be written (a SLURM log on the disk that just filled up)."""
+    code = 1
+    try:
+        code = _exit_code_of(main, args)
+    finally:
+        for finish in (logging.shutdown, sys.stdout.flush, sys.stderr.flush):  # log.txt, then the console
+            with contextlib.suppress(Exception):
+                finish()
+        os._exit(code)
+
+
+def _exit_code_of(function: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """``function(args)``'s exit code, its message or traceback printed as the interpreter would (if it can)."""
+    try:
+        function(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # SystemExit("message"): printed, and exit code 1
+            with contextlib.suppress(OSError):
+                print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # a bug: its traceback
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run(get_args_parser().parse_args())

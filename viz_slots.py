@@ -50,6 +50,7 @@ from models import ARCHS
 from models.grouping import pixel_assignments
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher
+from utils.atomic import OutputWriteError, check_writable
 from utils.checkpoint import CheckpointError
 from utils.distributed import parse_device
 from utils.logger import printable
@@ -149,6 +150,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"{PROG}: --save-path {save}: folder {save.parent} does not exist")
     if save.suffix.lower() not in Image.registered_extensions():
         raise SystemExit(f"{PROG}: --save-path {save}: unknown picture format {save.suffix!r} (use .jpg or .png)")
+    try:  # now, not after a search over every image
+        check_writable(save)
+    except OutputWriteError as e:
+        raise SystemExit(f"{PROG}: --save-path: {e}") from None
 
 
 def list_viz_images(dataset: str, data_dir: str) -> np.ndarray:
@@ -401,7 +406,10 @@ def main(argv: list[str] | None = None) -> None:
             what = f"prototype assignments of {len(crops)} images"
     except UnreadableImageError as e:  # a file that was readable a moment ago
         raise SystemExit(f"{PROG}: {e}") from None
-    picture.save(args.save_path, args.dpi)
+    try:
+        picture.save(args.save_path, args.dpi)
+    except OutputWriteError as e:  # the disk filled up or went read-only during the search
+        raise SystemExit(f"{PROG}: {e}") from None
     note = f"; skipped {len(skipped)} unreadable images (listed above)" if skipped else ""
     print(printable(f"wrote {args.save_path}: {what}{note}"))
 

@@ -7,8 +7,9 @@ string array, which DataLoader workers read without the copy-on-read growth of P
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,14 @@ class DatasetError(ValueError):
 def list_images(name: str, data_dir: str | Path) -> np.ndarray:
     """Sorted image paths of a dataset, as a numpy string array.
 
-    ``folder`` takes every image below ``data_dir`` recursively; ``demo`` the generated demo scenes'
-    training images (``data_dir/train/images``).
+    ``folder`` takes every image below ``data_dir`` recursively, through symlinked folders too (``walk_images``);
+    ``demo`` the generated demo scenes' training images (``data_dir/train/images``).
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"--data-dir {root}: no such directory")
     if name == "folder":
-        files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        files = list(walk_images(root))
         expected = f"image files ({', '.join(IMAGE_EXTENSIONS)}) anywhere below {root}"
     elif name == "demo":
         try:
@@ -61,6 +62,38 @@ def list_images(name: str, data_dir: str | Path) -> np.ndarray:
     if not files:
         raise DatasetError(f"--dataset {name} --data-dir {root}: no images found; expected {expected}")
     return np.array(sorted(str(p) for p in files))
+
+
+def walk_images(root: Path) -> Iterator[Path]:
+    """Every image file below ``root``, following symlinked folders (a data set assembled from links is common)
+    and entering each real folder once: a symlink loop, or two links to one folder, cannot repeat images."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:  # vanished or unreadable meanwhile
+            subfolders[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        subfolders.sort()  # a stable walk: which of two links to one folder names its images does not vary
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                yield path
+
+
+def count_by_folder(files: Sequence[str] | np.ndarray, root: str | Path) -> dict[str, int]:
+    """How many of ``files`` lie in each top-level folder of ``root`` (``.`` for files directly in it), sorted by
+    name: the log line that shows a folder (or a symlinked one) left out."""
+    counts: dict[str, int] = {}
+    for file in files:
+        parts = Path(file).relative_to(root).parts
+        top = parts[0] if len(parts) > 1 else "."
+        counts[top] = counts.get(top, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 class TwoViewDataset(Dataset):

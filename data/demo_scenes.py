@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from data.scene_folder import GENERATOR_NAME, KINDS, DemoDataError, read_meta
+from utils.atomic import write_text_atomic
 
 FASHION_MNIST_DIR = Path(__file__).resolve().parent / "fashion_mnist"
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
@@ -559,7 +560,7 @@ def generate_scenes(
             chunks = list(pool.map(_render_chunk_in_worker, tasks))
     for split in SPLITS:
         records = [record for (task, chunk) in zip(tasks, chunks, strict=True) if task[0] == split for record in chunk]
-        (out_dir / split / "scenes.json").write_text(json.dumps(records, separators=(",", ":")) + "\n")
+        write_text_atomic(out_dir / split / "scenes.json", json.dumps(records, separators=(",", ":")) + "\n")
 
     meta: dict[str, Any] = {
         "generator": GENERATOR_NAME,
@@ -576,7 +577,7 @@ def generate_scenes(
         "source": "Fashion-MNIST test split (data/fashion_mnist, MIT licence, (c) 2017 Zalando SE)",
     }
     # Written last, so its presence means the dataset is complete.
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     return GenerationResult(out_dir, meta, True, time.perf_counter() - start)
 
 

@@ -1,5 +1,9 @@
 """What a training run writes as it goes: ``TrainLog`` (running means to the log, ``metrics.jsonl`` and
-TensorBoard) and the TensorBoard writer itself."""
+TensorBoard), the TensorBoard writer itself, and ``rewind_metrics`` for a run that continues from a checkpoint.
+
+None of these writers raises when its disk fails: each keeps its failure, ``TrainLog.failure`` reports the first,
+and the training loop stops the run on it as on a failed save (a final save first, then exit code 74).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from engine.checkpointing import stop_on_io_error
 from engine.trainer import Trainer
+from utils.atomic import describe_failure, write_text_atomic
 from utils.distributed import DistInfo
-
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
+from utils.logger import log_file_failure
+from utils.tensorboard import CheckedSummaryWriter
 
 
 class TrainLog:
@@ -33,9 +35,10 @@ class TrainLog:
         trainer: Trainer,
         iters_per_epoch: int,
         logger: logging.Logger,
-        writer: SummaryWriter | None,
+        writer: CheckedSummaryWriter | None,
     ) -> None:
         self.logger, self.writer, self.trainer = logger, writer, trainer
+        self.metrics_failure = ""
         self.batch_size, self.epochs, self.print_freq = args.batch_size, args.epochs, args.print_freq
         self.iters_per_epoch = iters_per_epoch
         self.metrics_file = Path(args.output_dir) / "metrics.jsonl" if info.is_main else None
@@ -86,11 +89,12 @@ class TrainLog:
                 "max_memory_gib": memory_gib,
                 **values,
             }
-            try:
-                with open(self.metrics_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as e:  # the output directory went away or filled up: so would the next checkpoint
-                stop_on_io_error(self.logger, f"{self.metrics_file}: cannot append ({e.strerror})")
+            if not self.metrics_failure:
+                try:
+                    with open(self.metrics_file, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                except OSError as e:  # the output directory went away or filled up: so would the next checkpoint
+                    self.metrics_failure = describe_failure(str(self.metrics_file), e)
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, iteration)
@@ -99,11 +103,43 @@ class TrainLog:
             self.writer.add_scalar("train/img_per_s", imgs_per_s, iteration)
         self._reset()
 
+    def failure(self) -> str:
+        """The first writer of this process that failed (log file, ``metrics.jsonl``, TensorBoard), one line; ""."""
+        writer_failure = self.writer.failure if self.writer is not None else ""
+        return log_file_failure(self.logger) or self.metrics_failure or writer_failure
 
-def make_writer(args: argparse.Namespace, info: DistInfo) -> SummaryWriter | None:
-    """Rank 0's TensorBoard writer in ``OUTPUT_DIR/tensorboard`` (None with ``--no-tensorboard`` or on other ranks)."""
+
+def make_writer(args: argparse.Namespace, info: DistInfo, first_iteration: int) -> CheckedSummaryWriter | None:
+    """Rank 0's TensorBoard writer in ``OUTPUT_DIR/tensorboard`` (None with ``--no-tensorboard`` or on other ranks).
+
+    TensorBoard hides what an earlier run logged from ``first_iteration`` on: a resume redoes those steps.
+    """
     if not (args.tensorboard and info.is_main):
         return None
-    from torch.utils.tensorboard import SummaryWriter
+    return CheckedSummaryWriter(Path(args.output_dir) / "tensorboard", purge_step=first_iteration)
 
-    return SummaryWriter(str(Path(args.output_dir) / "tensorboard"))
+
+def rewind_metrics(metrics_file: Path, first_iteration: int) -> int:
+    """Move the records of ``metrics_file`` from ``first_iteration`` on (logged after the checkpoint a run resumes
+    from, by a run killed before its next save: the resume logs those iterations again) to
+    ``metrics.discarded.jsonl`` beside it, so that ``metrics.jsonl`` holds every iteration once. Returns how many.
+
+    Both files are rewritten atomically; ``OutputWriteError`` if that fails. A line that is not a JSON record (cut
+    by a kill mid-append) goes too.
+    """
+    if not metrics_file.is_file():
+        return 0
+    kept, moved = [], []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = record["iteration"] < first_iteration
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        (kept if keep else moved).append(line)
+    if moved:
+        discarded = metrics_file.with_name("metrics.discarded.jsonl")
+        earlier = discarded.read_text().splitlines() if discarded.is_file() else []
+        write_text_atomic(discarded, "".join(line + "\n" for line in [*earlier, *moved]))
+        write_text_atomic(metrics_file, "".join(line + "\n" for line in kept))
+    return len(moved)

@@ -64,8 +64,10 @@ def build_trainer(args: argparse.Namespace, info: DistInfo, iters_per_epoch: int
     model: nn.Module = slotcon
     if info.distributed:
         convert_to_sync_batchnorm(slotcon, use_torch_sync=info.device.type == "cuda")
+        # No buffer broadcast in the forward pass: BN statistics and the centre are synchronised by the model itself
+        # (the same on every rank). forward_sync_buffers replaces broadcast_buffers, which warns under torch 2.14.
         model = DistributedDataParallel(
-            slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, broadcast_buffers=False
+            slotcon, device_ids=[info.device] if info.device.type == "cuda" else None, forward_sync_buffers=False
         )
     lr = scaled_lr(args)
     optimizer = build_optimizer(args, slotcon, lr)
@@ -183,6 +185,7 @@ class StepCounts:
     preempted: int = 0  # ranks that received a preemption signal
     skipped_images: int = 0  # unreadable files met while making the batch
     save_due: int = 0  # ranks whose mid-epoch save timer ran out
+    output_failed: int = 0  # ranks whose log, metrics.jsonl or TensorBoard could not be written
 
     def values(self) -> list[float]:
         return [float(getattr(self, f.name)) for f in fields(self)]

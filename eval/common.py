@@ -32,6 +32,7 @@ from data.photometric import normalize_uint8
 from eval.datasets import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher, teacher_config
+from utils.atomic import OutputWriteError, check_writable, write_text_atomic
 from utils.checkpoint import load_checkpoint
 from utils.distributed import parse_device
 from utils.tables import format_table
@@ -216,6 +217,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--image-size must be at least 32, got {args.image_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if getattr(args, "output_json", None):  # a full or read-only disk: say so now, not after the evaluation
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        check_writable(args.output_json)
 
 
 def load_split(args: argparse.Namespace, split: str) -> Dataset:
@@ -247,7 +251,7 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(payload), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(clean(payload), indent=2) + "\n")
 
 
 def percent_cells(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> dict[str, list[str]]:
@@ -341,7 +345,10 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
     """Run ``main``; turn user-facing errors (bad files, options, data) into one ``prog: error:`` line."""
     try:
         return main()
-    except (ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (ValueError, OSError, OutputWriteError) as exc:
+        lines = str(exc).strip().splitlines()
+        message = lines[0] if lines else type(exc).__name__
+        if message.startswith("Caught ") and "DataLoader worker" in message:  # --workers: the worker's own last line
+            message = lines[-1].split(f"{type(exc).__name__}: ", 1)[-1]
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2

@@ -55,14 +55,21 @@ class DemoSegmentation(Dataset):
     def __getitem__(self, index: int) -> Sample:
         image = resize_center_crop(read_rgb(self.scenes.image_paths[index]), self.image_size)
         # Label maps are resampled nearest so every pixel keeps a real id.
+        semantic_path = self.scenes.semantic_paths[index]
         semantic, instance = (
             np.array(
                 resize_center_crop(
                     Image.fromarray(read_label_map(path)), self.image_size, resample=Image.Resampling.NEAREST
                 )
             )
-            for path in (self.scenes.semantic_paths[index], self.scenes.instance_paths[index])
+            for path in (semantic_path, self.scenes.instance_paths[index])
         )
+        bad = semantic[(semantic >= self.num_classes) & (semantic != IGNORE_INDEX)]
+        if bad.size:  # here, where the file is known; the metrics would only say that some value is out of range
+            raise EvalDataError(
+                f"{semantic_path}: label value {int(bad.max())} is not a class id (0..{self.num_classes - 1}) nor "
+                f"{IGNORE_INDEX} (unlabelled)"
+            )
         return image_to_tensor(image), torch.from_numpy(semantic), torch.from_numpy(instance)
 
 

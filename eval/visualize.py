@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from data.photometric import normalize_uint8
+from utils.atomic import write_atomic
 
 RED = np.array([255.0, 0.0, 0.0])
 WHITE = 255
@@ -99,9 +101,11 @@ class Picture:
         return self.array[top : top + self.cell_size[0], left : left + self.cell_size[1]]
 
     def save(self, path: str | os.PathLike, dpi: int) -> None:
-        """Write the picture (format from the suffix; JPEG at quality 95), tagged with ``dpi``."""
+        """Write the picture (format from the suffix; JPEG at quality 95), tagged with ``dpi``, atomically:
+        ``OutputWriteError`` (one line) on a full or read-only disk, and never a truncated file under ``path``."""
         extra = {"quality": 95} if str(path).lower().endswith((".jpg", ".jpeg")) else {}
-        Image.fromarray(self.array).save(path, dpi=(dpi, dpi), **extra)
+        image_format = Image.registered_extensions()[Path(path).suffix.lower()]  # a file object has no suffix
+        write_atomic(path, lambda f: Image.fromarray(self.array).save(f, format=image_format, dpi=(dpi, dpi), **extra))
 
 
 def compose_grid(

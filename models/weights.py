@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from models.backbones import build_backbone, resolve_output_stride
 from models.slotcon import TEACHER_PREFIXES, SlotConTeacher
-from utils.checkpoint import CheckpointError, load_checkpoint, model_state_dict, nonfinite_tensors
+from utils.checkpoint import CheckpointError, check_state_dict, load_checkpoint, model_state_dict, nonfinite_tensors
 
 STUDENT_PREFIXES = tuple(p.replace("_k.", "_q.") for p in TEACHER_PREFIXES)
 
@@ -114,7 +114,9 @@ def load_teacher(
                     f"drop {flag} or pass {config[key]}"
                 )
         teacher = SlotConTeacher.build(**config)
-        teacher.load_state_dict(network_state_dict(checkpoint, student))
+        weights = network_state_dict(checkpoint, student)
+        check_state_dict(teacher, weights)  # torch's own message names no key in its first line
+        teacher.load_state_dict(weights)
     except (CheckpointError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
     return teacher

@@ -10,8 +10,10 @@
 #
 # Before the time limit SLURM sends SIGUSR1 to every process of the training step: each finishes its step, rank 0
 # saves current.pth, and they exit with 75 (scripts/torchrun.py passes that code on). On 75 this script requeues
-# the job, and the next one resumes (--auto-resume, set by the recipes) at the same iteration. Any other failure is
-# not requeued: a bug or a full disk (exit 74) would only fail again.
+# the job, and the next one resumes (--auto-resume, set by the recipes) at the same iteration, from current.pth even
+# when the recipe is also given --resume FILE (the newer of the two wins). A signal that arrives while the processes
+# still import torch is kept, so it too ends in 75. Any other failure is not requeued: a bug or a full disk (exit 74,
+# also for a log, metrics.jsonl or TensorBoard that cannot be written) would only fail again.
 #
 #SBATCH --job-name=slotcon
 #SBATCH --nodes=1
@@ -26,7 +28,7 @@
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"  # sbatch runs a copy of this script from its spool folder: work where it was submitted
 
-EXIT_PREEMPTED=75  # main_pretrain.py: stopped on SIGUSR1/SIGTERM after saving current.pth
+EXIT_PREEMPTED=75  # main_pretrain.py: stopped on a preemption signal (SIGUSR1, SIGTERM, Ctrl-C) after saving current.pth
 if [ $# -lt 1 ] || [ ! -x "$1" ]; then
   echo "usage: sbatch scripts/slurm_pretrain.sh RECIPE [flags], RECIPE one of scripts/slotcon_*.sh" \
        "(submit from the repository root)" >&2

@@ -45,7 +45,9 @@ def main(out_path: str, arch: str = "resnet18") -> None:
 
     bare = model
     if info.distributed:
-        model = DistributedDataParallel(convert_to_sync_batchnorm(model, use_torch_sync=False), broadcast_buffers=False)
+        model = DistributedDataParallel(
+            convert_to_sync_batchnorm(model, use_torch_sync=False), forward_sync_buffers=False
+        )
     optimizer = LARS([p for p in bare.parameters() if p.requires_grad], lr=0.5, weight_decay=1e-5)
     losses = []
     for _ in range(2):

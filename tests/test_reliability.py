@@ -199,6 +199,9 @@ def test_unreadable_images_are_skipped_and_too_many_stop_the_run(tmp_path):
     )
     assert stopped.returncode != 0
     assert "were unreadable" in stopped.stderr and "Traceback" not in stopped.stderr
+    # Saved first, as for a preemption: the steps trained before the limit are not lost.
+    saved = load_checkpoint(tmp_path / "stop" / "current.pth")["scheduler"]["iteration"]
+    assert saved >= 1 and f"saved {tmp_path / 'stop' / 'current.pth'} at iteration {saved}" in stopped.stderr
 
 
 def test_nonfinite_losses_and_updates_are_undone_and_too_many_stop(image_dir, tmp_path):

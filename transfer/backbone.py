@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.backbones import backbone_shapes
 from models.weights import backbone_state_dict, network_name
+from utils.atomic import OutputWriteError, check_writable
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 # (bottleneck blocks?, blocks per stage) -> depth; the plain ResNets detectron2 and mmseg can build.
@@ -90,7 +91,9 @@ def check_resnet(state: dict[str, Tensor], depth: int) -> None:
 def load_resnet_backbone(
     path: str | os.PathLike, student: bool = False, checkpoint: dict[str, Any] | None = None
 ) -> tuple[dict[str, Tensor], int]:
-    """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth.
+    """The teacher's (or student's) backbone of a SlotCon checkpoint, with torchvision names, and its depth; every
+    floating-point tensor as float32 (what both libraries build their models in: float16, bfloat16 and float64
+    weights are accepted, and numpy, which detectron2's pickle holds, has no bfloat16).
 
     ``checkpoint``: the file's contents when the caller has already read it. Raises ``SystemExit`` with a one-line
     message naming ``path`` for anything that is not a full SlotCon checkpoint of a plain ResNet (ours or official).
@@ -101,7 +104,7 @@ def load_resnet_backbone(
     except CheckpointError as e:
         message = str(e)
         raise SystemExit(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
     try:
         depth = infer_depth(state)
         check_resnet(state, depth)
@@ -123,10 +126,13 @@ def to_detectron2_name(name: str) -> str:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """The output path, after checking that its folder exists (one-line error otherwise)."""
+    """The output path, after checking that a file can be written there (one-line error otherwise)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise SystemExit(f"{path}: output folder {path.parent} does not exist")
     if path.is_dir():
         raise SystemExit(f"{path}: is a folder; give a file name")
-    return path
+    try:
+        return check_writable(path)
+    except OutputWriteError as e:
+        raise SystemExit(str(e)) from None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from data.scene_folder import DemoDataError, SceneFolder, find_split
+from utils.atomic import write_text_atomic
 
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("val", "eval", "test")
@@ -128,8 +129,8 @@ def write_transfer_sets(
         split, names = scenes.root / scenes.split, scenes.names[:limit]
         coco = coco_instances(scenes, limit)
         json_file = out_dir / "coco" / f"{split_name}.json"
-        json_file.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
-        (out_dir / "seg" / f"{split_name}.txt").write_text("\n".join(names) + "\n")
+        write_text_atomic(json_file, json.dumps(coco, separators=(",", ":")) + "\n")
+        write_text_atomic(out_dir / "seg" / f"{split_name}.txt", "\n".join(names) + "\n")
         sets["splits"][split_name] = {
             "images": str((split / "images").resolve()),
             "labels": str((split / "semantic").resolve()),
@@ -138,8 +139,8 @@ def write_transfer_sets(
             "num_images": len(names),
             "num_instances": len(coco["annotations"]),
         }
-    (out_dir / "seg" / "classes.txt").write_text("\n".join(sets["seg_classes"]) + "\n")
-    (out_dir / "sets.json").write_text(json.dumps(sets, indent=1) + "\n")
+    write_text_atomic(out_dir / "seg" / "classes.txt", "\n".join(sets["seg_classes"]) + "\n")
+    write_text_atomic(out_dir / "sets.json", json.dumps(sets, indent=1) + "\n")
     return sets
 
 

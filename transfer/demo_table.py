@@ -30,6 +30,7 @@ from transfer.backbone import load_resnet_backbone
 from transfer.demo_sets import write_transfer_sets
 from transfer.detection import convert_pretrain_to_d2
 from transfer.segmentation import convert_pretrain_to_mm
+from utils.atomic import OutputWriteError, check_writable, write_text_atomic
 from utils.checkpoint import load_checkpoint
 from utils.tables import format_table
 
@@ -240,6 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     if detector == "auto":
         detector = "detectron2" if importlib.util.find_spec("detectron2") else "torchvision"
     out = Path(args.out_dir)
+    try:  # a read-only or full disk: now, not after 15 minutes of training
+        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out / "table.md")
+    except OSError as e:
+        raise SystemExit(f"--out-dir {out}: {e.strerror}") from None
+    except OutputWriteError as e:
+        raise SystemExit(str(e)) from None
     try:
         sets = write_transfer_sets(args.demo_dir, out / "data", args.num_train, args.num_val)
     except DemoDataError as e:
@@ -286,13 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         f"img; FCN mmseg, {args.seg_iters} it x {args.seg_batch} img; {train['num_images']} train / "
         f"{val['num_images']} val scenes; seed {args.seed}; {wall / 60:.1f} min)"
     )
-    (out / "table.md").write_text(caption + "\n\n" + table + "\n")
-    (out / "table.json").write_text(
-        json.dumps(
-            {"rows": rows, "seconds": seconds, "wall_seconds": wall, "detector": detector, "args": vars(args)}, indent=1
-        )
-        + "\n"
-    )
+    record = {"rows": rows, "seconds": seconds, "wall_seconds": wall, "detector": detector, "args": vars(args)}
+    try:
+        write_text_atomic(out / "table.md", caption + "\n\n" + table + "\n")
+        write_text_atomic(out / "table.json", json.dumps(record, indent=1) + "\n")
+    except OutputWriteError as e:  # the disk filled up during the trainings
+        raise SystemExit(f"{e} (the table was: {caption} {' '.join(table.split())})") from None
     print(f"\n{caption}\n\n{table}\n\n(also in {out / 'table.md'})")
 
 

@@ -42,6 +42,7 @@ from models.backbones import backbone_shapes, backbone_spec
 from models.weights import backbone_state_dict, network_name
 from transfer import vit_weights
 from transfer.backbone import check_output_path, load_resnet_backbone, to_detectron2_name
+from utils.atomic import OutputWriteError, write_atomic
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 FORMATS = ("safetensors", "mmseg", "detectron2")
@@ -174,12 +175,12 @@ def sidecar(
     return record
 
 
-def _write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Whole or not at all: a full disk must not leave a truncated file under the name a library is given."""
     try:
-        with open(path, "wb") as f:
-            write(f)
-    except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror}") from None
+        write_atomic(path, write)
+    except OutputWriteError as e:
+        raise ExportError(str(e)) from None
 
 
 def export(

@@ -8,22 +8,23 @@ class instead of ever unpickling arbitrary objects.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import os
-import secrets
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from utils.atomic import OutputWriteError, write_atomic
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(OutputWriteError):
     """A checkpoint that could not be written (disk full, folder removed, read-only, I/O error).
 
     The message is one line naming the file and the OS error. The previous file at that path is unchanged, except
@@ -37,76 +38,30 @@ EXIT_SAVE_FAILED = 74
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``torch.save(obj)`` to a temp file beside ``path``, fsync it, then rename it over ``path``.
+    """``torch.save(obj)`` to ``path`` by ``utils.atomic.write_atomic`` (temp file, fsync, rename).
 
-    A reader (or a resume after a crash) sees either the old file or the new one, never a partial one. The new file
-    has the permissions the umask gives any new file (0o644 under umask 0o022, 0o664 under 0o002), not mkstemp's
-    0o600. Any OS failure raises ``CheckpointSaveError``; the old file is then intact and no temp file is left.
-    The temp file is ``.NAME.PID-RANDOM.tmp`` (a kill mid-write leaves it behind; see ``RunLock.remove_stale``).
+    A reader (or a resume after a crash) sees either the old file or the new one, never a partial one. Any OS
+    failure raises ``CheckpointSaveError``; the old file is then intact and no temp file is left. The temp file is
+    ``.NAME.PID-RANDOM.tmp`` (a kill mid-write leaves it behind; see ``RunLock.remove_stale``).
     """
-    path = Path(path)
-    tmp, replaced = None, False
-    try:
-        name = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        # os.open applies the umask (and a default ACL) to 0o666; O_EXCL never opens another writer's file.
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        tmp = name
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp, replaced = None, True
-        _fsync_folder(path.parent)
-    except (OSError, RuntimeError) as e:
-        os_error = _first_os_error(e)  # torch's writer reports a failed write as a RuntimeError
-        if os_error is None:
-            raise  # not a failed write: a bug (e.g. an object torch cannot save) keeps its traceback
-        raise CheckpointSaveError(_save_failure(path, os_error, replaced)) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    write_atomic(path, lambda f: torch.save(obj, f), CheckpointSaveError, verb="save")
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable. Some network file systems cannot fsync a folder (EINVAL): nothing to do there."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(dir_fd)
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint without executing pickled code (ours, or an official SlotCon one).
 
-
-def _first_os_error(error: BaseException | None) -> OSError | None:
-    while error is not None and not isinstance(error, OSError):
-        error = error.__cause__ or error.__context__
-    return error
-
-
-def _save_failure(path: Path, error: OSError, replaced: bool) -> str:
-    reason = error.strerror or str(error)
-    if error.errno in errno.errorcode:
-        reason += f" [{errno.errorcode[error.errno]}]"
-    if not os.path.isdir(path.parent):  # os.path's checks never raise: this runs while handling an error
-        reason += f" (the folder {path.parent} no longer exists)"
-    if replaced:
-        return f"saved {path}, but its folder could not be synced to disk: {reason}"
-    kept = f"; the previous {path.name} is unchanged" if os.path.exists(path) else ""
-    return f"cannot save {path}: {reason}{kept}"
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code (ours, or an official SlotCon one)."""
+    ``mmap``: map the tensors instead of reading them (cheap when only the plain entries are wanted).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(_refused_objects(path, str(e))) from None
     except Exception as e:  # torch raises several types for corrupt or foreign files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line})") from None
@@ -115,6 +70,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if isinstance(obj.get("args"), argparse.Namespace):
         obj["args"] = vars(obj["args"])
     return obj
+
+
+def _refused_objects(path: Path, torch_message: str) -> str:
+    """The one line for a file the safe loader refused. torch's own text advises loading it unsafely, which would
+    run whatever code the file carries: never repeat that advice."""
+    found = re.search(r"GLOBAL (\S+)", torch_message)
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"{path}: not a loadable checkpoint: it holds Python objects{what} that this project never writes into a "
+        "checkpoint; it was not loaded, since loading such objects can run code from the file"
+    )
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """``CheckpointError`` naming the first missing key, unexpected key or shape mismatch of ``state`` against
+    ``model`` (torch's own error is several lines, the first of which names none of them). Dtypes may differ:
+    loading casts float16, bfloat16 and float64 weights to the model's."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(f"the weights lack {missing[0]!r} ({len(missing)} of the model's tensors are missing)")
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise CheckpointError(
+            f"the weights hold {unexpected[0]!r}, which the model does not have ({len(unexpected)} such)"
+        )
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{key!r} is a {type(value).__name__}, not a tensor")
+        if value.shape != own[key].shape:
+            raise CheckpointError(
+                f"{key!r} has shape {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
+            )
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 
@@ -110,11 +109,31 @@ def sum_over_ranks(x: Tensor) -> Tensor:
     return x
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x, the same on every rank. Every rank's loss depends on y, so the gradient of the
+    total loss with respect to one rank's x is the sum over ranks of their gradients with respect to y."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 def differentiable_sum_over_ranks(x: Tensor) -> Tensor:
     """The elementwise sum of ``x`` over all ranks as a new tensor whose gradient flows back to every rank's
-    ``x`` (``x`` itself without a process group)."""
+    ``x`` (``x`` itself without a process group).
+
+    Public collectives inside an autograd Function: ``torch.distributed.nn.functional.all_reduce``, which did the
+    same, prints a FutureWarning on every call under torch 2.14."""
     if rank_and_world()[1] > 1:
-        return dist_fn.all_reduce(x)
+        return _SumOverRanks.apply(x)
     return x
 
 

@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.atomic import describe_failure
+
 
 def printable(text: str) -> str:
     """``text`` with the bytes of a file name that is not valid UTF-8 written as ``\\xNN`` escapes.
@@ -26,6 +28,23 @@ class PrintableFormatter(logging.Formatter):
         return printable(super().format(record))
 
 
+class CheckedFileHandler(logging.FileHandler):
+    """A log file that keeps its first write failure in ``failure`` (for the training loop to stop the run on, as
+    on a failed save) instead of printing a traceback for every record it could not write."""
+
+    failure = ""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not self.failure and error is not None:
+            self.failure = describe_failure(self.baseFilename, error)
+
+
+def log_file_failure(logger: logging.Logger) -> str:
+    """The first write failure of ``logger``'s log files ("" if none)."""
+    return next((h.failure for h in logger.handlers if isinstance(h, CheckedFileHandler) and h.failure), "")
+
+
 def setup_logger(output_dir: str | Path, rank: int, name: str = "slotcon") -> logging.Logger:
     """Rank 0 logs to stdout and ``log.txt``; rank r > 0 to ``log.txt.rank{r}`` only."""
     logger = logging.getLogger(name)
@@ -40,7 +59,7 @@ def setup_logger(output_dir: str | Path, rank: int, name: str = "slotcon") -> lo
         console.setFormatter(fmt)
         logger.addHandler(console)
     log_file = Path(output_dir) / ("log.txt" if rank == 0 else f"log.txt.rank{rank}")
-    file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+    file_handler = CheckedFileHandler(log_file, mode="a", encoding="utf-8")
     file_handler.setFormatter(fmt)
     logger.addHandler(file_handler)
     return logger

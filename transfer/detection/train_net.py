@@ -45,6 +45,7 @@ except ImportError as e:
     ) from None
 
 from transfer.backbone import depth_from_names
+from utils.atomic import write_text_atomic
 
 _REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "manifold://")
 # The names our own COCO-format sets are registered under.
@@ -249,8 +250,7 @@ def check_devices(args: argparse.Namespace, cfg: CfgNode, argv: list[str]) -> No
 def save_results(output_dir: str, results: dict) -> None:
     """The final numbers, to ``output_dir/results.json`` (main process)."""
     if comm.is_main_process() and results:
-        with open(os.path.join(output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_text_atomic(os.path.join(output_dir, "results.json"), json.dumps(results, indent=1) + "\n")
 
 
 def main(args: argparse.Namespace) -> dict | None:

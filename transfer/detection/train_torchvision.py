@@ -29,6 +29,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from transfer.backbone import SUPPORTED_DEPTHS, load_resnet_backbone
 from transfer.detection.torchvision_maskrcnn import build_maskrcnn
+from utils.atomic import OutputWriteError, check_writable, write_text_atomic
+from utils.checkpoint import save_atomic
 
 
 def _coco(json_file: str):
@@ -216,7 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or full disk: now, not after the training
+        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out / "model_final.pth")
+    except OSError as e:
+        raise SystemExit(f"train_torchvision.py: --output-dir {out}: {e.strerror}") from None
+    except OutputWriteError as e:
+        raise SystemExit(f"train_torchvision.py: {e}") from None
     torch.manual_seed(args.seed)
     train_set = CocoInstances(args.train_json, args.train_images, train=True)
     val_set = CocoInstances(args.val_json, args.val_images, train=False)
@@ -252,8 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     train(model, loader, args.iters, args.lr, device)
     results = evaluate(model, val_set, device, args.batch_size)
-    torch.save({"model": model.state_dict()}, out / "model_final.pth")
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    try:  # whole files or none: a full disk must not leave a truncated model_final.pth
+        save_atomic({"model": model.state_dict()}, out / "model_final.pth")
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    except OutputWriteError as e:
+        raise SystemExit(f"train_torchvision.py: {e}") from None
     print(" ".join(f"{task} AP {values['AP']:.1f}" for task, values in results.items()))
 
 

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run by path, as the original README does: make 
 from transfer import vit_weights
 from transfer.backbone import SUPPORTED_DEPTHS, infer_depth, reference_resnet_shapes
 from transfer.segmentation.mmcv_ext import install as install_mmcv_ext_stand_in
+from utils.atomic import write_text_atomic
 
 _REMOTE_PREFIXES = ("http://", "https://", "torchvision://", "open-mmlab://", "mmcls://", "pretrain://")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -249,8 +250,7 @@ def save_results(runner) -> dict[str, float]:
         if key.startswith("val/") and key not in timing
     }
     if results and runner.rank == 0:
-        with open(os.path.join(runner.work_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_text_atomic(os.path.join(runner.work_dir, "results.json"), json.dumps(results, indent=1) + "\n")
     return results
 
 
