@@ -11,7 +11,7 @@ at once, the unchunked search, and runs only where that matrix is under ``--full
 VOC size: the protocol's bank budget is 10,240,000 patches; at 512 px a stride-32 ResNet gives 16 x 16 = 256
 patches per image, so the 10,582 trainaug images fill at most 2,708,992, all of which it keeps::
 
-    python bench/dense_retrieval_memory.py --bank-sizes 10240 2708992 --dim 512 --queries 2048
+    python -m bench.dense_retrieval_memory --bank-sizes 10240 2708992 --dim 512 --queries 2048
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval.dense_retrieval import DEFAULT_BANK_CHUNK, DEFAULT_QUERY_CHUNK, MemoryBank, make_searcher, retrieve
 
 MIB = 2**20
+REPO = Path(__file__).resolve().parents[1]
 
 
 def status_mib(field: str) -> float:
@@ -113,8 +113,17 @@ def main() -> None:
             settings = {"dim": args.dim, "num-classes": args.num_classes, "queries": args.queries, "k": args.k,
                         "query-chunk": args.query_chunk, "bank-chunk": args.bank_chunk, "threads": args.threads,
                         "one": size, "method": method}  # fmt: skip
-            command = [sys.executable, __file__, *(f"--{name}={value}" for name, value in settings.items())]
-            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.dense_retrieval_memory",
+                *(f"--{name}={value}" for name, value in settings.items()),
+            ]
+            line = (
+                subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             print(line, flush=True)
             if args.output:
                 with open(args.output, "a") as out:

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where the project may use the factory's parts. Adding a backbone family touches the factory, the family's own
 # module and the converters' name maps: every other user of an arch goes through one of these calls.
 ALLOWED_CALLS = {
-    "build_backbone": {"models/slotcon.py", "models/weights.py", "bench/cpu_autocast.py"},
-    "backbone_shapes": {"transfer/backbone.py"},
+    "build_backbone": {"models/slotcon.py", "models/weights.py", "bench/cpu_autocast.py", "hubconf.py"},
+    "backbone_shapes": {"transfer/backbone.py", "transfer/export.py"},
     "build_reference_classifier": {"bench/benchmark.py"},
     "resolve_output_stride": {"main_pretrain.py", "models/weights.py"},
-    "backbone_spec": {"main_pretrain.py", "models/slotcon.py"},
+    "backbone_spec": {"main_pretrain.py", "models/slotcon.py", "transfer/export.py"},
 }
 FAMILY_MODULES = {"models.resnet", "models.vit"}
 # Besides models/backbones.py, only the converters' name maps may know a family's own module.
