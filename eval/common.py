@@ -287,15 +287,18 @@ def split_features(args: argparse.Namespace, model: EvalModel, device: torch.dev
     return extract_features(model, load_split(args, split), args.batch_size, device, args.workers)
 
 
-def build_model(checkpoint: str, config: dict[str, Any], args: argparse.Namespace, device: torch.device) -> EvalModel:
+def build_model(
+    checkpoint: str, config: dict[str, Any], args: argparse.Namespace, device: torch.device, clusters: bool = True
+) -> EvalModel:
     """The model a ``--checkpoint(s)`` entry names: a teacher (``build_teacher``), or a baseline of
     ``eval.baselines`` with ``config``'s prototype count (``DEFAULT_CONFIG``'s without one), whose k-means is
-    fitted here on the train split of ``--dataset`` (cut as ``load_split`` cuts it) and nothing else."""
+    fitted here (when the evaluation uses ``clusters``) on the train split of ``--dataset``, cut as ``load_split``
+    cuts it, and on nothing else."""
     if checkpoint not in BASELINES:
         return build_teacher(checkpoint, config, args.seed, device, args.student)
     num_prototypes = config.get("num_prototypes", DEFAULT_CONFIG["num_prototypes"])
     model = build_baseline(checkpoint, num_prototypes, args.seed).to(device)
-    return model.fit(split_features(args, model, device, "train").c5)
+    return model.fit(split_features(args, model, device, "train").c5) if clusters else model
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ class Evaluation:
     ``summary_row`` picks its headline numbers for the table, ``describe(args, result)`` is the line printed
     above it; ``add_options`` adds the evaluation's own flags and ``check(args)`` rejects bad ones before any work.
     With ``multiple`` the CLI takes ``--checkpoints`` and its JSON holds ``{"models": {name: result}}``.
+    ``clusters``: the evaluation uses the prototypes' clusters (a baseline's k-means is fitted only then).
     """
 
     prog: str
@@ -314,6 +318,7 @@ class Evaluation:
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
     check: Callable[[argparse.Namespace], None] | None = None
     multiple: bool = False
+    clusters: bool = True
 
 
 def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) -> int:
@@ -346,7 +351,7 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
         results: dict[str, dict[str, Any]] = {}
         for checkpoint, name in zip(checkpoints, names, strict=True):
             start = time.perf_counter()
-            model = build_model(checkpoint, config, args, device)
+            model = build_model(checkpoint, config, args, device, evaluation.clusters)
             result = evaluation.evaluate(args, model, device)
             result.update(
                 checkpoint=checkpoint,

@@ -142,7 +142,14 @@ def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
 
 
 EVALUATION = Evaluation(
-    "python -m eval.knn", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, check_dataset
+    "python -m eval.knn",
+    __doc__.splitlines()[0],
+    evaluate,
+    summary_row,
+    describe,
+    add_options,
+    check_dataset,
+    clusters=False,
 )
 
 

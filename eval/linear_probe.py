@@ -147,7 +147,7 @@ def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
 
 
 EVALUATION = Evaluation(
-    "python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options
+    "python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, clusters=False
 )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from data.demo_scenes import SceneConfig, generate_scenes
 from data.photometric import normalize_uint8
-from eval import object_discovery, report, unsupervised_seg
+from eval import knn, linear_probe, object_discovery, report, unsupervised_seg
 from eval.baselines import BASELINES, HIST_CELL, build_baseline, colour_bins, kmeans
 from eval.common import SplitFeatures
 from eval.knn import run_knn
@@ -189,3 +189,14 @@ def test_bad_baseline_input_is_one_line(demo_dir: Path, tmp_path: Path, capsys: 
     assert "--num-prototypes must be positive" in error and error.count("\n") == 1
     assert report.main(["--checkpoints", "colour", "colour", "--data-dir", str(demo_dir)]) == 2
     assert "share a name" in capsys.readouterr().err
+
+
+def test_probe_and_knn_clis_take_baselines(demo_dir: Path, tmp_path: Path) -> None:
+    # The single-evaluation CLIs (the transfer table runs the probe's) and --max-train-images cutting the train split.
+    out = tmp_path / "probe.json"
+    argv = ["--checkpoint", "colour-hist", *_common(demo_dir, out), "--max-train-images", "2", "--epochs", "2"]
+    assert linear_probe.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["num_train_images"] == 2 and result["num_eval_images"] == 3 and 0 <= result["miou"] <= 1
+    assert knn.main(["--checkpoint", "colour", *_common(demo_dir, out)]) == 0
+    assert json.loads(out.read_text())["top1"] > 0.5  # class colours: objects' mean colours give the class away
