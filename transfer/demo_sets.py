@@ -105,6 +105,17 @@ def coco_instances(scenes: SceneFolder, limit: int | None) -> dict[str, Any]:
     }
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file holds it already: a finished set is left as is (a run reading it meanwhile,
+    e.g. of another seed's grid, never sees it half written) and keeps its date."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    path.write_text(text)
+
+
 def write_transfer_sets(
     demo_dir: str | Path, out_dir: str | Path, num_train: int | None = None, num_val: int | None = None
 ) -> dict[str, Any]:
@@ -128,8 +139,8 @@ def write_transfer_sets(
         split, names = scenes.root / scenes.split, scenes.names[:limit]
         coco = coco_instances(scenes, limit)
         json_file = out_dir / "coco" / f"{split_name}.json"
-        json_file.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
-        (out_dir / "seg" / f"{split_name}.txt").write_text("\n".join(names) + "\n")
+        write_if_changed(json_file, json.dumps(coco, separators=(",", ":")) + "\n")
+        write_if_changed(out_dir / "seg" / f"{split_name}.txt", "\n".join(names) + "\n")
         sets["splits"][split_name] = {
             "images": str((split / "images").resolve()),
             "labels": str((split / "semantic").resolve()),
@@ -138,8 +149,8 @@ def write_transfer_sets(
             "num_images": len(names),
             "num_instances": len(coco["annotations"]),
         }
-    (out_dir / "seg" / "classes.txt").write_text("\n".join(sets["seg_classes"]) + "\n")
-    (out_dir / "sets.json").write_text(json.dumps(sets, indent=1) + "\n")
+    write_if_changed(out_dir / "seg" / "classes.txt", "\n".join(sets["seg_classes"]) + "\n")
+    write_if_changed(out_dir / "sets.json", json.dumps(sets, indent=1) + "\n")
     return sets
 
 
