@@ -6,8 +6,10 @@ follows its class (``class_tint``): 5 hues 72 degrees apart, in full colour for 
 5-9, each item's hue moved by up to 0.15 of the spacing, so that a class has an appearance as classes of real
 scenes do (sky, grass, road), and shape and colour both tell it. With tints drawn independently of the class
 (``class_colours=False``, one of 8 hues per item: ``FORMAT_VERSION`` 2, the "studio" scenes) the prototypes
-group items by hue, which no mapping turns into classes (README, Results). Alongside every
-image we write exact ground truth:
+group items by hue, which no mapping turns into classes (README, Results). The colour-free evaluation sets
+(README, The demo data) keep the class-coloured scenes' layouts draw for draw and give each item the colour of a
+class drawn independently of its own (``tint_class="random"``, from a generator of its own), and optionally turn
+the finished scenes grey (``greyscale``). Alongside every image we write exact ground truth:
 
 * ``semantic/NAME.png`` (uint8): 0 = background, k + 1 = Fashion-MNIST class k (so 1..10);
 * ``instance/NAME.png`` (uint8): 0 = background, 1..n = the items in paint order.
@@ -91,6 +93,8 @@ CLASS_HUE_JITTER = 0.15
 PLACEMENT_TRIES = 20
 _SPLIT_KEYS = {"train": 1, "eval": 2}
 _POOL_KEY = 0
+_TINT_KEY = 1  # the fourth word of a scene's tint generator (tint_class="random")
+TINT_CLASSES = ("own", "random")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +176,12 @@ class SceneConfig:
     class_colours: bool = True
     # How far an item's hue may stray from its class's, as a fraction of the spacing between class hues.
     class_hue_jitter: float = CLASS_HUE_JITTER
+    # With class colours, whose class colour an item takes: "own" (its class's), or "random": the colour of a
+    # class drawn uniformly, independently of the item's (from ``tint_rng``, so the scene's layout, background
+    # and hue jitter are the same draws as with "own"; colour then carries no class information).
+    tint_class: str = "own"
+    # Turn the finished scene grey (ITU-R 601 luma, PIL's "L"), kept as three equal channels.
+    greyscale: bool = False
     # Without class colours: 0 = any colour; N = one of N fixed, evenly spaced hues (distinct within a scene).
     palette: int = PALETTE_SIZE
     # Saturation of item tints and background colours relative to their drawn colour (0 = grey).
@@ -204,6 +214,10 @@ class SceneConfig:
             raise ValueError(f"palette must be 0 (any colour) or a number of hues, got {self.palette}")
         if not 0.0 <= self.class_hue_jitter < 0.5:
             raise ValueError(f"class_hue_jitter must be in [0, 0.5), got {self.class_hue_jitter}")
+        if self.tint_class not in TINT_CLASSES:
+            raise ValueError(f"tint_class must be one of {TINT_CLASSES}, got {self.tint_class!r}")
+        if self.tint_class != "own" and not self.class_colours:
+            raise ValueError("tint_class='random' recolours class colours: it needs class_colours=True")
         for name in ("tint_saturation", "background_saturation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -228,6 +242,7 @@ class Scene:
     instance: np.ndarray  # [H, W] uint8, 0 or paint order 1..n
     source_indices: list[int]  # Fashion-MNIST index of instance k at position k - 1
     labels: list[int]  # Fashion-MNIST class (0..9) of instance k at position k - 1
+    tint_classes: list[int] | None = None  # with class colours: the class whose colour instance k took
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -235,6 +250,13 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     if split not in _SPLIT_KEYS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return np.random.default_rng([seed, _SPLIT_KEYS[split], index])
+
+
+def tint_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of one scene's tint classes under ``tint_class="random"``, apart from ``scene_rng``'s stream."""
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return np.random.default_rng([seed, _SPLIT_KEYS[split], index, _TINT_KEY])
 
 
 def split_source_pools(num_items: int, seed: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -333,13 +355,18 @@ def render_scene(
     labels: np.ndarray,
     pool: np.ndarray | Sequence[int],
     config: SceneConfig | None = None,
+    tints: np.random.Generator | None = None,
 ) -> Scene:
     """Render one scene from items drawn (without replacement) out of ``pool``.
 
     Later items occlude earlier ones; a placement that would leave an earlier item less than
-    ``config.min_visible_frac`` visible is retried, and the item is dropped if no retry fits.
+    ``config.min_visible_frac`` visible is retried, and the item is dropped if no retry fits. With
+    ``config.tint_class == "random"``, ``tints`` (``tint_rng``) draws the class whose colour each item takes; it
+    is the only generator that does, so ``rng`` makes the same draws as for the class-coloured scene.
     """
     config = config or SceneConfig()
+    if config.tint_class == "random" and tints is None:
+        raise ValueError("tint_class='random' needs the scene's tint generator (tints=tint_rng(...))")
     pool = np.asarray(pool)
     size = config.size
     background, end_colours = _render_background(rng, config)
@@ -358,12 +385,13 @@ def render_scene(
     visible = np.zeros(1, dtype=np.int64)  # visible pixel count per instance id (slot 0 unused)
     placed_sources: list[int] = []
     placed_labels: list[int] = []
+    placed_tints: list[int] = []
     for source in chosen:
         source = int(source)
         if config.class_colours:
-            tint = class_tint(
-                int(labels[source]), rng.uniform(-1.0, 1.0) * config.class_hue_jitter, config.tint_saturation
-            )
+            offset = rng.uniform(-1.0, 1.0) * config.class_hue_jitter
+            tint_class = int(labels[source]) if config.tint_class == "own" else int(tints.integers(NUM_CLASSES))
+            tint = class_tint(tint_class, offset, config.tint_saturation)
         else:
             tint = _pick_tint(rng, end_colours, palette, config.tint_saturation)
         if palette is not None and len(palette) > 1:
@@ -396,8 +424,13 @@ def render_scene(
         full_areas.append(area)
         placed_sources.append(source)
         placed_labels.append(int(labels[source]))
+        if config.class_colours:
+            placed_tints.append(tint_class)
 
-    return Scene(image, background, semantic, instance, placed_sources, placed_labels)
+    if config.greyscale:
+        image = np.repeat(np.asarray(Image.fromarray(image).convert("L"))[..., None], 3, axis=2)
+    tint_classes = placed_tints if config.class_colours else None
+    return Scene(image, background, semantic, instance, placed_sources, placed_labels, tint_classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,12 +485,16 @@ def _render_chunk(state: _RenderState, split: str, start: int, stop: int) -> lis
     records = []
     for index in range(start, stop):
         rng = scene_rng(state.seed, split, index)
-        scene = render_scene(rng, state.images, state.labels, state.pools[split], state.config)
+        tints = tint_rng(state.seed, split, index) if state.config.tint_class == "random" else None
+        scene = render_scene(rng, state.images, state.labels, state.pools[split], state.config, tints)
         name = _scene_name(split, index)
         _save_png(scene.image, split_dir / "images" / f"{name}.png")
         _save_png(scene.semantic, split_dir / "semantic" / f"{name}.png")
         _save_png(scene.instance, split_dir / "instance" / f"{name}.png")
-        records.append({"name": name, "source_indices": scene.source_indices, "labels": scene.labels})
+        record = {"name": name, "source_indices": scene.source_indices, "labels": scene.labels}
+        if state.config.tint_class != "own":
+            record["tint_classes"] = scene.tint_classes
+        records.append(record)
     return records
 
 
@@ -598,6 +635,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-items", type=int, default=2)
     parser.add_argument("--max-items", type=int, default=4)
+    parser.add_argument(
+        "--tint-class",
+        choices=TINT_CLASSES,
+        default="own",
+        help="own: an item takes its class's colour (the demo); random: the colour of a class drawn independently "
+        "of its own, on the same layouts (the colour-free evaluation set)",
+    )
+    parser.add_argument("--greyscale", action="store_true", help="grey scenes (luma), same layouts and maps")
     parser.add_argument("--fashion-root", default=None, help="folder with the t10k idx .gz files")
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
@@ -606,7 +651,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = generate_scenes(
             args.out_dir,
-            SceneConfig(size=args.size, min_items=args.min_items, max_items=args.max_items),
+            SceneConfig(
+                size=args.size,
+                min_items=args.min_items,
+                max_items=args.max_items,
+                tint_class=args.tint_class,
+                greyscale=args.greyscale,
+            ),
             num_train=args.num_train,
             num_eval=args.num_eval,
             seed=args.seed,

@@ -10,6 +10,9 @@ model sees test-batch statistics, and an image's features never depend on which 
 All dense evaluations use the teacher's backbone C5 map (stride 32), extracted once per split; the
 prototype scores are recomputed from it (``projector_k`` then ``grouping_k``), which is exactly
 ``SlotConTeacher.forward``.
+
+Training-free baselines (``eval.baselines``: ``colour``, ``colour-hist``) are models of the same interface whose
+"C5 map" is the pixels' colour, so every evaluation scores them with the same code.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.photometric import normalize_uint8
+from eval.baselines import BASELINES, ColourBaseline, build_baseline
 from eval.datasets import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset
 from models.slotcon import SlotConTeacher
 from models.weights import load_teacher, teacher_config
@@ -38,6 +42,8 @@ from utils.distributed import parse_device
 from utils.tables import format_table
 
 RANDOM = "random"
+# What an evaluation scores: a SlotCon teacher (trained or random) or a training-free baseline of its interface.
+EvalModel = SlotConTeacher | ColourBaseline
 # SlotCon's default network; a random model uses these unless told otherwise.
 DEFAULT_CONFIG: dict[str, Any] = {
     "arch": "resnet50",
@@ -114,7 +120,7 @@ def _collate(samples: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tenso
 
 @torch.no_grad()
 def backbone_batches(
-    model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
+    model: EvalModel, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
 ) -> Iterator[Batch]:
     """Run the teacher backbone over ``dataset`` in batches; labels come along, all on ``device``."""
     loader = DataLoader(
@@ -131,7 +137,7 @@ def backbone_batches(
 
 
 def extract_features(
-    model: SlotConTeacher, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
+    model: EvalModel, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0
 ) -> SplitFeatures:
     """C5 features and labels of a whole split, gathered on the CPU."""
     parts = [
@@ -163,23 +169,32 @@ def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> N
             "--checkpoints",
             nargs="+",
             required=True,
-            metavar="PATH|random",
-            help="checkpoints to evaluate (ours or official), or 'random' for a random init",
+            metavar="PATH|random|colour|colour-hist",
+            help="checkpoints to evaluate (ours or official), 'random' for a random init, or the training-free "
+            "baselines 'colour' (pixel colour) and 'colour-hist' (colour histograms of 4x4 cells): eval.baselines",
         )
     else:
         parser.add_argument(
             "--checkpoint",
             required=True,
-            metavar="PATH|random",
-            help="a SlotCon checkpoint (ours or official), or 'random' for a random init",
+            metavar="PATH|random|colour|colour-hist",
+            help="a SlotCon checkpoint (ours or official), 'random' for a random init, or a training-free baseline "
+            "('colour', 'colour-hist': eval.baselines)",
         )
     parser.add_argument("--student", action="store_true", help="evaluate the student's weights, not the teacher's")
-    group = parser.add_argument_group("random model (ignored for checkpoint files)")
+    group = parser.add_argument_group("random model and baselines (ignored for checkpoint files)")
     group.add_argument("--arch", default=None, help=f"backbone (default {DEFAULT_CONFIG['arch']})")
     group.add_argument("--dim-hidden", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_hidden']}")
     group.add_argument("--dim-out", type=int, default=None, help=f"default {DEFAULT_CONFIG['dim_out']}")
-    group.add_argument("--num-prototypes", type=int, default=None, help=f"default {DEFAULT_CONFIG['num_prototypes']}")
-    group.add_argument("--seed", type=int, default=0, help="seed of the random init and of the linear probe")
+    group.add_argument(
+        "--num-prototypes",
+        type=int,
+        default=None,
+        help=f"also the baselines' k-means clusters (default {DEFAULT_CONFIG['num_prototypes']})",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the random init, of the baselines' k-means and of the linear probe"
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +205,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, default=None, help="square input side (default: 128 for demo, 320 for cocostuff27)"
     )
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument(
+        "--max-train-images",
+        type=int,
+        default=None,
+        help="use only the first N images of the train split (default: --max-images)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -209,7 +230,7 @@ def random_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject impossible sizes up front, naming the option."""
-    for name in ("batch_size", "max_images", "dim_hidden", "dim_out", "num_prototypes"):
+    for name in ("batch_size", "max_images", "max_train_images", "dim_hidden", "dim_out", "num_prototypes"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -223,18 +244,21 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def load_split(args: argparse.Namespace, split: str) -> Dataset:
-    """The ``split`` of ``--dataset``, cut to ``--max-images`` if given."""
+    """The ``split`` of ``--dataset``, cut to ``--max-images`` (the train split: ``--max-train-images``) if given."""
     dataset = build_dataset(args.dataset, args.data_dir, split, args.image_size)
-    if args.max_images is not None and args.max_images < len(dataset):
-        dataset = Subset(dataset, range(args.max_images))
+    limit = args.max_images
+    if split == "train" and getattr(args, "max_train_images", None) is not None:
+        limit = args.max_train_images
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
     if len(dataset) == 0:
         raise ValueError(f"{args.data_dir}: the {split} split has no images")
     return dataset
 
 
 def model_name(checkpoint: str) -> str:
-    """A short row label: ``random`` or the checkpoint's file name."""
-    return checkpoint if checkpoint == RANDOM else Path(checkpoint).name
+    """A short row label: ``random``, a baseline's name or the checkpoint's file name."""
+    return checkpoint if checkpoint in (RANDOM, *BASELINES) else Path(checkpoint).name
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
@@ -262,9 +286,26 @@ def percent_cells(rows: dict[str, dict[str, float]], columns: Sequence[str]) -> 
     }
 
 
-def split_features(args: argparse.Namespace, model: SlotConTeacher, device: torch.device, split: str) -> SplitFeatures:
+def split_features(args: argparse.Namespace, model: EvalModel, device: torch.device, split: str) -> SplitFeatures:
     """``extract_features`` of the ``split`` of ``--dataset`` (cut to ``--max-images``)."""
     return extract_features(model, load_split(args, split), args.batch_size, device, args.workers)
+
+
+def build_model(
+    checkpoint: str, config: dict[str, Any], args: argparse.Namespace, device: torch.device, clusters: bool = True
+) -> EvalModel:
+    """The model a ``--checkpoint(s)`` entry names: a teacher (``build_teacher``), or a baseline of
+    ``eval.baselines`` with ``config``'s prototype count (``DEFAULT_CONFIG``'s without one), whose k-means is
+    fitted here (when the evaluation uses ``clusters``) on the train split of ``--dataset``, cut as ``load_split``
+    cuts it, and on nothing else."""
+    if checkpoint not in BASELINES:
+        teacher = build_teacher(checkpoint, config, args.seed, device, args.student)
+        size = args.image_size or DEFAULT_IMAGE_SIZE[args.dataset]
+        teacher.encoder_k.check_input_size(size, size)  # before any pass over the data
+        return teacher
+    num_prototypes = config.get("num_prototypes", DEFAULT_CONFIG["num_prototypes"])
+    model = build_baseline(checkpoint, num_prototypes, args.seed).to(device)
+    return model.fit(split_features(args, model, device, "train").c5) if clusters else model
 
 
 @dataclass(frozen=True)
@@ -273,23 +314,26 @@ class Evaluation:
     ``summary_row`` picks its headline numbers for the table, ``describe(args, result)`` is the line printed
     above it; ``add_options`` adds the evaluation's own flags and ``check(args)`` rejects bad ones before any work.
     With ``multiple`` the CLI takes ``--checkpoints`` and its JSON holds ``{"models": {name: result}}``.
+    ``clusters``: the evaluation uses the prototypes' clusters (a baseline's k-means is fitted only then).
     """
 
     prog: str
     description: str
-    evaluate: Callable[[argparse.Namespace, SlotConTeacher, torch.device], dict[str, Any]]
+    evaluate: Callable[[argparse.Namespace, EvalModel, torch.device], dict[str, Any]]
     summary_row: Callable[[dict[str, Any]], dict[str, float]]
     describe: Callable[[argparse.Namespace, dict[str, Any]], str]
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
     check: Callable[[argparse.Namespace], None] | None = None
     multiple: bool = False
+    clusters: bool = True
 
 
 def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, evaluate each model, print the table, write ``--output-json``; 0, or 2 after a one-line error.
 
     A ``random`` model takes ``--arch`` / ``--dim-*`` / ``--num-prototypes``; without them, the network of the
-    first checkpoint file in the list (so the baseline is the same network), else ``DEFAULT_CONFIG``.
+    first checkpoint file in the list (so the baseline is the same network), else ``DEFAULT_CONFIG``. The
+    training-free baselines take their k-means cluster count from the same place (the model's prototype count).
     """
     parser = argparse.ArgumentParser(prog=evaluation.prog, description=evaluation.description)
     add_model_args(parser, multiple=evaluation.multiple)
@@ -308,15 +352,13 @@ def run_evaluation(evaluation: Evaluation, argv: Sequence[str] | None = None) ->
         if len(set(names)) != len(names):
             raise ValueError(f"two checkpoints share a name ({', '.join(names)}); rename one")
         config = random_config(args)
-        files = [c for c in checkpoints if c != RANDOM]
-        if RANDOM in checkpoints and files and not config:
+        files = [c for c in checkpoints if c not in (RANDOM, *BASELINES)]
+        if set(checkpoints) & {RANDOM, *BASELINES} and files and not config:
             config = teacher_config(load_checkpoint(files[0]))
         results: dict[str, dict[str, Any]] = {}
         for checkpoint, name in zip(checkpoints, names, strict=True):
             start = time.perf_counter()
-            model = build_teacher(checkpoint, config, args.seed, device, args.student)
-            size = args.image_size or DEFAULT_IMAGE_SIZE[args.dataset]
-            model.encoder_k.check_input_size(size, size)  # before any pass over the data
+            model = build_model(checkpoint, config, args, device, evaluation.clusters)
             result = evaluation.evaluate(args, model, device)
             result.update(
                 checkpoint=checkpoint,

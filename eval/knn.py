@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eval.common import Evaluation, SplitFeatures, run_evaluation, split_features
-from models.slotcon import SlotConTeacher
+from eval.common import EvalModel, Evaluation, SplitFeatures, run_evaluation, split_features
 
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
@@ -130,7 +129,7 @@ def check_dataset(args: argparse.Namespace) -> None:
         raise ValueError("k-NN object classification needs instance maps: only --dataset demo has them")
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
     return run_knn(train, evaluation, device, args.k, args.temperature, args.batch_size)
 
@@ -143,7 +142,14 @@ def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
 
 
 EVALUATION = Evaluation(
-    "python -m eval.knn", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, check_dataset
+    "python -m eval.knn",
+    __doc__.splitlines()[0],
+    evaluate,
+    summary_row,
+    describe,
+    add_options,
+    check_dataset,
+    clusters=False,
 )
 
 

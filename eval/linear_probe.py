@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.common import Evaluation, SplitFeatures, run_evaluation, split_features
+from eval.common import EvalModel, Evaluation, SplitFeatures, run_evaluation, split_features
 from eval.datasets import IGNORE_INDEX
 from eval.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
-from models.slotcon import SlotConTeacher
 
 DEFAULT_EPOCHS = 10
 DEFAULT_LR = 1e-2
@@ -135,7 +134,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate")
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
     return run_linear_probe(train, evaluation, device, args.epochs, args.lr, args.batch_size, args.seed)
 
@@ -148,7 +147,7 @@ def describe(args: argparse.Namespace, result: dict[str, Any]) -> str:
 
 
 EVALUATION = Evaluation(
-    "python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options
+    "python -m eval.linear_probe", __doc__.splitlines()[0], evaluate, summary_row, describe, add_options, clusters=False
 )
 
 

@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.common import Batch, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
+from eval.common import Batch, EvalModel, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
 from eval.metrics import adjusted_rand_index, best_overlaps
 from eval.unsupervised_seg import cluster_map
-from models.slotcon import SlotConTeacher
 
 
 def instance_contingency(instance: Tensor, segments: Tensor, num_segments: int) -> Tensor:
@@ -90,7 +89,7 @@ def score_segments(batches: Iterable[tuple[Tensor, Tensor]], num_segments: int) 
 
 
 @torch.no_grad()
-def run_object_discovery(model: SlotConTeacher, batches: Iterable[Batch]) -> dict[str, Any]:
+def run_object_discovery(model: EvalModel, batches: Iterable[Batch]) -> dict[str, Any]:
     """FG-ARI and mBO of the teacher's prototype maps over batches that carry instance maps."""
 
     def segment_batches():
@@ -112,7 +111,7 @@ def check_dataset(args: argparse.Namespace) -> None:
         raise ValueError("object discovery needs instance maps: only --dataset demo has them")
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     dataset = load_split(args, "eval")
     result = run_object_discovery(model, backbone_batches(model, dataset, args.batch_size, device, args.workers))
     result.update(split="eval", image_size=base_dataset(dataset).image_size)

@@ -19,11 +19,10 @@ from typing import Any
 import torch
 
 from eval import dense_retrieval, knn, linear_probe, object_discovery, unsupervised_seg
-from eval.common import Evaluation, run_evaluation, split_features
-from models.slotcon import SlotConTeacher
+from eval.common import EvalModel, Evaluation, run_evaluation, split_features
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     """Every evaluation of one model, from one backbone pass over each split."""
     train, evaluation = (split_features(args, model, device, split) for split in ("train", "eval"))
     results: dict[str, Any] = {

@@ -24,21 +24,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eval.common import Batch, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
+from eval.common import Batch, EvalModel, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
 from eval.datasets import IGNORE_INDEX
 from eval.metrics import confusion_matrix, hungarian_match, majority_vote_match, matched_scores
 from models.grouping import pixel_assignments
-from models.slotcon import SlotConTeacher
 
 
 @torch.no_grad()
-def cluster_map(model: SlotConTeacher, c5: Tensor, size: tuple[int, int]) -> Tensor:
+def cluster_map(model: EvalModel, c5: Tensor, size: tuple[int, int]) -> Tensor:
     """Cluster id [B, H, W] of every pixel: argmax_k of the bilinearly upsampled prototype scores."""
     return pixel_assignments(model.grouping_k.scores(model.projector_k(c5)), size)
 
 
 @torch.no_grad()
-def cluster_confusion(model: SlotConTeacher, batches: Iterable[Batch], num_classes: int) -> Tensor:
+def cluster_confusion(model: EvalModel, batches: Iterable[Batch], num_classes: int) -> Tensor:
     """[C, K] counts of labelled pixels of class c assigned to prototype k, over all batches."""
     num_clusters = model.grouping_k.num_prototypes
     total = None
@@ -66,7 +65,7 @@ def score_clusters(confusion: Tensor, class_names: Sequence[str]) -> dict[str, A
 
 
 def run_unsupervised_seg(
-    model: SlotConTeacher, batches: Iterable[Batch], num_classes: int, class_names: Sequence[str]
+    model: EvalModel, batches: Iterable[Batch], num_classes: int, class_names: Sequence[str]
 ) -> dict[str, Any]:
     """Cluster the pixels of every batch with the prototypes and score both matchings."""
     return score_clusters(cluster_confusion(model, batches, num_classes), class_names)
@@ -83,7 +82,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     dataset = load_split(args, "eval")
     source = base_dataset(dataset)
     result = run_unsupervised_seg(

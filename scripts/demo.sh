@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): pretrain SlotCon on scenes built from the vendored Fashion-MNIST photos, compare the
-# trained network with a random one on held-out scenes, and draw what the prototypes learned.
+# trained network with a random one and with training-free colour baselines on held-out scenes (the demo's
+# class-coloured scenes, and the same scenes with colours independent of the class, and grey), and draw what the
+# prototypes learned.
 # Environment: PYTHON (python), DEMO_DATA (demo_data), DEMO_OUT (output/demo), DEMO_DEVICE (auto: cuda when
 # torch sees a GPU, else cpu), DEMO_CPU_BF16 (auto, 0 or 1: bfloat16 autocast on the CPU, see below),
 # DEMO_ARCH (resnet18, the demo's; vit_tiny_p8: the same demo on a ViT, output in output/demo-vit_tiny_p8),
@@ -69,8 +71,16 @@ fi
 
 echo "== 1/4 demo scenes (Fashion-MNIST items on 64 px grey canvases) -> $DATA"
 run "$PYTHON" -m data.demo_scenes --out-dir "$DATA"
+# The colour-free evaluation sets: the same scenes (items, layouts, label maps), every item coloured as a class
+# drawn independently of its own, so colour tells nothing of the class; and those scenes in grey.
+echo "== 1/4 the same scenes, colour independent of the class -> $DATA-colourfree, and grey -> $DATA-colourfree-grey"
+run "$PYTHON" -m data.demo_scenes --out-dir "$DATA-colourfree" --tint-class random
+run "$PYTHON" -m data.demo_scenes --out-dir "$DATA-colourfree-grey" --tint-class random --greyscale
 
-evals=()
+# The sets every model is evaluated on: name, folder. The probe, k-NN and the baselines' k-means fit on each set's
+# own train split, so on the colour-free sets they can only use what colour does not give away.
+SETS=("class-coloured $DATA" "colour-free $DATA-colourfree" "colour-free-grey $DATA-colourfree-grey")
+declare -A evals=()
 for SEED in $SEEDS; do
   RUN_OUT=$OUT
   if [ "$SEED" != 0 ]; then RUN_OUT=$OUT-seed$SEED; fi
@@ -87,10 +97,18 @@ for SEED in $SEEDS; do
   # 128 px (2x): the items then appear at the scales the 64 px training crops (0.2-1 of a scene) showed them,
   # and the 16x16 feature map's cells are 4 scene pixels; at 64 px the 8x8 map blurs each item's outline
   # (BENCHMARKS.md, levers: both sizes measured).
-  echo "== 3/4 evaluation on held-out scenes, seed $SEED: random init vs trained (numbers in %)"
-  run "$PYTHON" -m eval.report --checkpoints random "$RUN_OUT/current.pth" --dataset demo --data-dir "$DATA" \
-    --device "$DEVICE" --image-size 128 --max-images 600 --seed "$SEED" --output-json "$RUN_OUT/eval.json"
-  evals+=("$RUN_OUT/eval.json")
+  # Rows: the random network, the training-free baselines (eval/baselines.py: colour = pixel-colour k-means with the
+  # model's 16 prototypes, a linear colour probe, mean-colour k-NN; colour-hist = colour histograms of 4x4 cells),
+  # the trained network.
+  for set in "${SETS[@]}"; do
+    name=${set%% *} folder=${set#* }
+    json=$RUN_OUT/eval.json
+    if [ "$name" != class-coloured ]; then json=$RUN_OUT/eval-$name.json; fi
+    echo "== 3/4 evaluation on the held-out $name scenes, seed $SEED (numbers in %)"
+    run "$PYTHON" -m eval.report --checkpoints random colour colour-hist "$RUN_OUT/current.pth" --dataset demo \
+      --data-dir "$folder" --device "$DEVICE" --image-size 128 --max-images 600 --seed "$SEED" --output-json "$json"
+    evals[$name]+=" $json"
+  done
 
   # The 6 prototypes that win the most pixels (of 16; the demo's models use 4-6), 5 scenes each.
   echo "== 4/4 pictures, seed $SEED"
@@ -100,9 +118,13 @@ for SEED in $SEEDS; do
     --image-size 128 --resize 128 --device "$DEVICE" --mode assign --num-images 6 --save-path "$RUN_OUT/assignments.png"
 done
 
-if [ "${#evals[@]}" -gt 1 ]; then
-  echo "== over seeds $SEEDS: mean (min-max), numbers in %"
-  run "$PYTHON" -m eval.metrics "${evals[@]}"
+if [ "$(echo $SEEDS | wc -w)" -gt 1 ]; then
+  for set in "${SETS[@]}"; do
+    name=${set%% *}
+    echo "== $name scenes, over seeds $SEEDS: mean (min-max), numbers in %"
+    # shellcheck disable=SC2086
+    run "$PYTHON" -m eval.metrics ${evals[$name]}
+  done
 fi
 
 cat <<DONE
@@ -111,6 +133,7 @@ Done in $(( $(date +%s) - start )) s. Everything is under $OUT/ (seed S > 0: $OU
   current.pth, ckpt_epoch_$EPOCHS.pth   checkpoints (make transfer-demo starts from $OUT/current.pth)
   log.txt, metrics.jsonl              training log
   tensorboard/                        tensorboard --logdir $OUT/tensorboard
-  eval.json                           all evaluation numbers (table above)
+  eval.json                           all evaluation numbers, class-coloured scenes (first table above)
+  eval-colour-free{,-grey}.json       the same on the colour-free scenes, in colour and grey
   prototypes.png, assignments.png     what the prototypes learned
 DONE

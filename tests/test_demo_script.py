@@ -51,8 +51,21 @@ def test_cpu_recipe(tmp_path: Path) -> None:
         f"--output-dir {tmp_path / 'out'} ",
     ):
         assert flag in train, flag
-    [report] = _commands(out, "eval.report")
-    assert "--device cpu" in report and f"{tmp_path / 'out'}/current.pth" in report and "--image-size 128" in report
+    reports = _commands(out, "eval.report")
+    data = tmp_path / "data"
+    sets = [(data, "eval.json"), (f"{data}-colourfree", "eval-colour-free.json")]
+    sets.append((f"{data}-colourfree-grey", "eval-colour-free-grey.json"))
+    assert len(reports) == 3
+    for report, (folder, json_name) in zip(reports, sets, strict=True):  # every set: random, baselines, trained
+        assert f"--checkpoints random colour colour-hist {tmp_path / 'out'}/current.pth " in report
+        assert f"--data-dir {folder} " in report and report.endswith(f"--output-json {tmp_path / 'out'}/{json_name}")
+        assert "--device cpu" in report and "--image-size 128" in report
+    scenes = _commands(out, "data.demo_scenes")
+    assert [s.split("--out-dir ")[1] for s in scenes] == [
+        str(data),
+        f"{data}-colourfree --tint-class random",
+        f"{data}-colourfree-grey --tint-class random --greyscale",
+    ]
     pictures = _commands(out, "viz_slots.py")
     assert len(pictures) == 2 and "--top-prototypes 6" in pictures[0] and "--mode assign" in pictures[1]
     assert not _commands(out, "eval.metrics")  # one seed: no spread table
@@ -118,9 +131,12 @@ def test_seeds_get_their_own_folders_and_a_spread_table(tmp_path: Path) -> None:
     for seed, (train, folder) in enumerate(zip(trains, folders, strict=True)):
         assert f"--seed {seed} " in train and f"--output-dir {folder} " in train
     reports = _commands(out, "eval.report")
-    assert [r.split("--seed ")[1].split()[0] for r in reports] == ["0", "1", "2"]  # random init per seed too
-    [spread] = _commands(out, "eval.metrics")
-    assert spread.split()[-3:] == [f"{folder}/eval.json" for folder in folders]
+    seeds = [r.split("--seed ")[1].split()[0] for r in reports]
+    assert seeds == ["0"] * 3 + ["1"] * 3 + ["2"] * 3  # random init and k-means per seed too, on the three sets
+    spreads = _commands(out, "eval.metrics")
+    assert len(spreads) == 3  # one table per set
+    for spread, json_name in zip(spreads, ("eval", "eval-colour-free", "eval-colour-free-grey"), strict=True):
+        assert spread.split()[-3:] == [f"{folder}/{json_name}.json" for folder in folders]
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:1"])

@@ -106,6 +106,17 @@ def coco_instances(scenes: SceneFolder, limit: int | None) -> dict[str, Any]:
     }
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file holds it already: a finished set is left as is (a run reading it meanwhile,
+    e.g. of another seed's grid, never sees it half written) and keeps its date."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    write_text_atomic(path, text)
+
+
 def write_transfer_sets(
     demo_dir: str | Path, out_dir: str | Path, num_train: int | None = None, num_val: int | None = None
 ) -> dict[str, Any]:
@@ -129,8 +140,8 @@ def write_transfer_sets(
         split, names = scenes.root / scenes.split, scenes.names[:limit]
         coco = coco_instances(scenes, limit)
         json_file = out_dir / "coco" / f"{split_name}.json"
-        write_text_atomic(json_file, json.dumps(coco, separators=(",", ":")) + "\n")
-        write_text_atomic(out_dir / "seg" / f"{split_name}.txt", "\n".join(names) + "\n")
+        write_if_changed(json_file, json.dumps(coco, separators=(",", ":")) + "\n")
+        write_if_changed(out_dir / "seg" / f"{split_name}.txt", "\n".join(names) + "\n")
         sets["splits"][split_name] = {
             "images": str((split / "images").resolve()),
             "labels": str((split / "semantic").resolve()),
@@ -139,8 +150,8 @@ def write_transfer_sets(
             "num_images": len(names),
             "num_instances": len(coco["annotations"]),
         }
-    write_text_atomic(out_dir / "seg" / "classes.txt", "\n".join(sets["seg_classes"]) + "\n")
-    write_text_atomic(out_dir / "sets.json", json.dumps(sets, indent=1) + "\n")
+    write_if_changed(out_dir / "seg" / "classes.txt", "\n".join(sets["seg_classes"]) + "\n")
+    write_if_changed(out_dir / "sets.json", json.dumps(sets, indent=1) + "\n")
     return sets
 
 
