@@ -13,18 +13,14 @@ if __name__ == "__main__":
     PREEMPTION.install()
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import os
 import random
-import sys
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,16 +31,32 @@ from data.datasets import DATASETS, DatasetError, TwoViewDataset, collate_two_vi
 from data.photometric import BatchAugment
 from data.sampler import ResumableSampler
 from data.transforms import TwoViewCrop
-from engine.checkpointing import Saver, choose_checkpoint, resume_from_checkpoint, stop_on_io_error
+from engine.checkpointing import (
+    Saver,
+    Stop,
+    choose_checkpoint,
+    resume_from_checkpoint,
+    stop_after_saving,
+    stop_on_io_error,
+)
 from engine.train_log import TrainLog, make_writer, rewind_metrics
-from engine.trainer import StepCounts, StepResult, Trainer, build_trainer, fill_device_defaults, scaled_lr
+from engine.trainer import (
+    LoopState,
+    StepCounts,
+    TooManyNonFiniteSteps,
+    Trainer,
+    build_trainer,
+    fill_device_defaults,
+    scaled_lr,
+)
 from eval.monitor import Monitor
 from models.backbones import ARCHS, backbone_spec, resolve_output_stride
 from models.heads import HEAD_NORMS
 from utils.atomic import OutputWriteError, write_text_atomic
 from utils.checkpoint import EXIT_SAVE_FAILED
-from utils.distributed import init_distributed, parse_device, process_group_active, sum_over_ranks
+from utils.distributed import any_rank, init_distributed, parse_device, process_group_active
 from utils.logger import setup_logger
+from utils.process import exit_with_code_of
 from utils.run_lock import RunLockError, hold_output_dir
 
 
@@ -426,89 +438,6 @@ def main(args: argparse.Namespace) -> None:
 OTHER_RANK_FAILED = "another process could not write its log (its log.txt.rankN or the console say why)"
 
 
-@dataclass(frozen=True)
-class Stop:
-    """Why an epoch stopped early, after a complete step; ``stop_after_saving`` saves and exits with ``code``."""
-
-    code: int  # EXIT_PREEMPTED, EXIT_SAVE_FAILED (a writer failed) or 1 (too many unreadable images)
-    message: str = ""
-
-
-def stop_after_saving(
-    stop: Stop, saver: Saver, completed_epochs: int, iteration: int, logger: logging.Logger
-) -> NoReturn:
-    """Save ``current.pth`` (on every rank: a collective), then exit as ``stop`` says, in one line."""
-    error = saver.attempt(completed_epochs, iteration)
-    if error:
-        saved = f"the final save failed too: {error}. {saver.last_good_note()}"
-    else:
-        saved = f"saved {saver.current} at iteration {iteration} before stopping"
-    if stop.code == EXIT_PREEMPTED:
-        if error:  # the signal asked for a requeue, but a run that cannot save must not be requeued
-            stop_on_io_error(logger, f"preempted, and {saved}")
-        logger.info("preempted: %s; exiting with code %d", saved, EXIT_PREEMPTED)
-        sys.exit(EXIT_PREEMPTED)
-    if stop.code == EXIT_SAVE_FAILED:
-        stop_on_io_error(logger, f"{stop.message}; {saved}")
-    logger.error("%s; %s", stop.message, saved)
-    raise SystemExit(f"{stop.message}; {saved}")
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` is true on any rank (``flag`` itself without a process group). A collective."""
-    return bool(sum_over_ranks(torch.tensor([float(flag)], device=device)).item())
-
-
-class TooManyNonFiniteSteps(RuntimeError):
-    """``--max-nonfinite-steps`` undone steps in a row; ``main`` adds which checkpoint to go back to."""
-
-
-@dataclass
-class LoopState:
-    """What the loop carries from step to step besides the weights, and when it stops the run."""
-
-    iteration: int
-    batch_size: int  # over all ranks
-    max_nonfinite_steps: int
-    max_bad_image_fraction: float
-    data_dir: str
-    nonfinite_in_a_row: int = 0
-    images_read: int = 0
-    images_skipped: int = 0
-
-    def count_images(self, skipped: int) -> str:
-        """``skipped``: unreadable files met while making this step's batch, over all ranks. Returns the message
-        that stops the run once more than ``max_bad_image_fraction`` of the images read were unreadable, else ""."""
-        self.images_read += self.batch_size + skipped
-        self.images_skipped += skipped
-        if self.images_skipped > self.max_bad_image_fraction * max(self.images_read, 1000):
-            return (
-                f"{self.images_skipped} of {self.images_read} images were unreadable "
-                f"(> {self.max_bad_image_fraction:.1%}); check --data-dir {self.data_dir} "
-                f"and the log for their paths"
-            )
-        return ""
-
-    def count_step(self, result: StepResult, logger: logging.Logger) -> None:
-        """Log an undone step; ``TooManyNonFiniteSteps`` after ``max_nonfinite_steps`` in a row."""
-        if result.finite:
-            self.nonfinite_in_a_row = 0
-            return
-        self.nonfinite_in_a_row += 1
-        what = "loss" if not result.loss_finite else "update (the loss was finite)"
-        logger.warning(
-            "iteration %d: non-finite %s; the step was undone: weights, optimizer, teacher, centre "
-            "and BN statistics are as before it (%d in a row)",
-            self.iteration,
-            what,
-            self.nonfinite_in_a_row,
-        )
-        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise TooManyNonFiniteSteps(
-                f"{self.nonfinite_in_a_row} non-finite steps in a row at iteration {self.iteration}; stopping."
-            )
-
-
 def readable_batches(loader: DataLoader, data_dir: str) -> Iterator[dict]:
     """The loader's batches; a sample for which nothing readable was found stops the run with one line."""
     try:
@@ -556,35 +485,5 @@ def train_one_epoch(
     return None
 
 
-def run(args: argparse.Namespace) -> NoReturn:
-    """``main(args)``, then exit with its code at once, waiting on nothing: a loader worker or a TensorBoard thread
-    that a failure left behind cannot hold the process (workers die with it: ``loader_worker_init``), and neither can
-    a console that cannot be written (a SLURM log on the disk that just filled up)."""
-    code = 1
-    try:
-        code = _exit_code_of(main, args)
-    finally:
-        for finish in (logging.shutdown, sys.stdout.flush, sys.stderr.flush):  # log.txt, then the console
-            with contextlib.suppress(Exception):
-                finish()
-        os._exit(code)
-
-
-def _exit_code_of(function: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """``function(args)``'s exit code, its message or traceback printed as the interpreter would (if it can)."""
-    try:
-        function(args)
-    except SystemExit as e:
-        if isinstance(e.code, str):  # SystemExit("message"): printed, and exit code 1
-            with contextlib.suppress(OSError):
-                print(e.code, file=sys.stderr)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # a bug: its traceback
-        with contextlib.suppress(OSError):
-            traceback.print_exc()
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    run(get_args_parser().parse_args())
+    exit_with_code_of(main, get_args_parser().parse_args())

@@ -29,6 +29,7 @@ from utils.checkpoint import (
     save_atomic,
 )
 from utils.distributed import DistInfo
+from utils.preemption import EXIT_PREEMPTED
 from utils.run_lock import broadcast_text
 
 # The epoch files a run writes; pruning touches nothing else (a user's ckpt_epoch_1_backup.pth stays).
@@ -379,3 +380,31 @@ def stop_on_io_error(logger: logging.Logger, message: str) -> NoReturn:
     with contextlib.suppress(OSError):  # the console may be a file on the disk that just filled up
         print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_SAVE_FAILED)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why an epoch stopped early, after a complete step; ``stop_after_saving`` saves and exits with ``code``."""
+
+    code: int  # EXIT_PREEMPTED, EXIT_SAVE_FAILED (a writer failed) or 1 (too many unreadable images)
+    message: str = ""
+
+
+def stop_after_saving(
+    stop: Stop, saver: Saver, completed_epochs: int, iteration: int, logger: logging.Logger
+) -> NoReturn:
+    """Save ``current.pth`` (on every rank: a collective), then exit as ``stop`` says, in one line."""
+    error = saver.attempt(completed_epochs, iteration)
+    if error:
+        saved = f"the final save failed too: {error}. {saver.last_good_note()}"
+    else:
+        saved = f"saved {saver.current} at iteration {iteration} before stopping"
+    if stop.code == EXIT_PREEMPTED:
+        if error:  # the signal asked for a requeue, but a run that cannot save must not be requeued
+            stop_on_io_error(logger, f"preempted, and {saved}")
+        logger.info("preempted: %s; exiting with code %d", saved, EXIT_PREEMPTED)
+        sys.exit(EXIT_PREEMPTED)
+    if stop.code == EXIT_SAVE_FAILED:
+        stop_on_io_error(logger, f"{stop.message}; {saved}")
+    logger.error("%s; %s", stop.message, saved)
+    raise SystemExit(f"{stop.message}; {saved}")

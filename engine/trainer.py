@@ -6,6 +6,7 @@ average). ``main_pretrain.py`` drives it; ``bench.benchmark`` times it; the test
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -280,3 +281,53 @@ class Trainer:
         elif iteration + 1 < len(self.momentum_schedule):
             self.slotcon.update_teacher(float(self.momentum_schedule[iteration + 1]))
         return StepResult(losses, not bad_loss, not bad_update, StepCounts.from_values(sums))
+
+
+class TooManyNonFiniteSteps(RuntimeError):
+    """``--max-nonfinite-steps`` undone steps in a row; ``main`` adds which checkpoint to go back to."""
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from step to step besides the weights, and when it stops the run."""
+
+    iteration: int
+    batch_size: int  # over all ranks
+    max_nonfinite_steps: int
+    max_bad_image_fraction: float
+    data_dir: str
+    nonfinite_in_a_row: int = 0
+    images_read: int = 0
+    images_skipped: int = 0
+
+    def count_images(self, skipped: int) -> str:
+        """``skipped``: unreadable files met while making this step's batch, over all ranks. Returns the message
+        that stops the run once more than ``max_bad_image_fraction`` of the images read were unreadable, else ""."""
+        self.images_read += self.batch_size + skipped
+        self.images_skipped += skipped
+        if self.images_skipped > self.max_bad_image_fraction * max(self.images_read, 1000):
+            return (
+                f"{self.images_skipped} of {self.images_read} images were unreadable "
+                f"(> {self.max_bad_image_fraction:.1%}); check --data-dir {self.data_dir} "
+                f"and the log for their paths"
+            )
+        return ""
+
+    def count_step(self, result: StepResult, logger: logging.Logger) -> None:
+        """Log an undone step; ``TooManyNonFiniteSteps`` after ``max_nonfinite_steps`` in a row."""
+        if result.finite:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        what = "loss" if not result.loss_finite else "update (the loss was finite)"
+        logger.warning(
+            "iteration %d: non-finite %s; the step was undone: weights, optimizer, teacher, centre "
+            "and BN statistics are as before it (%d in a row)",
+            self.iteration,
+            what,
+            self.nonfinite_in_a_row,
+        )
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise TooManyNonFiniteSteps(
+                f"{self.nonfinite_in_a_row} non-finite steps in a row at iteration {self.iteration}; stopping."
+            )

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import main_pretrain
 from engine.trainer import Trainer
+from utils.process import exit_with_code_of
 
 
 def inject_faults(
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> None:
     main_pretrain.build_trainer = lambda *a, **k: inject_faults(
         build(*a, **k), faults.nan_loss_at, faults.inf_lr_at, faults.bug_at
     )
-    main_pretrain.run(main_pretrain.get_args_parser().parse_args(argv[split + 1 :]))
+    exit_with_code_of(main_pretrain.main, main_pretrain.get_args_parser().parse_args(argv[split + 1 :]))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,11 @@ def sum_over_ranks(x: Tensor) -> Tensor:
     return x
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself without a process group). A collective."""
+    return bool(sum_over_ranks(torch.tensor([float(flag)], device=device)).item())
+
+
 class _SumOverRanks(torch.autograd.Function):
     """y = sum over ranks of x, the same on every rank. Every rank's loss depends on y, so the gradient of the
     total loss with respect to one rank's x is the sum over ranks of their gradients with respect to y."""
