@@ -17,6 +17,7 @@ from eval import unsupervised_seg
 from tests.test_save_atomic import _FullDisk
 from tests.test_viz_slots import _blocky_images, _checkpoint
 from tests.transfer_helpers import save_slotcon_checkpoint
+from tests.unprivileged import error_as_unprivileged
 from utils.atomic import OutputWriteError, check_writable
 from viz_slots import main as viz_main
 
@@ -40,37 +41,13 @@ def test_check_writable_finds_a_full_disk_a_folder_and_a_missing_one(tmp_path, m
     assert _leftovers(tmp_path) == []  # the probe is gone
 
 
-def _unprivileged(fn) -> str:
-    """``fn()``'s SystemExit message, run in a child without root's override of folder modes."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        message = "no SystemExit"
-        try:
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            fn()
-        except SystemExit as e:
-            message = str(e.code)
-        except BaseException as e:
-            message = f"unexpected {type(e).__name__}: {e}"
-        os.write(write, message.encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        message = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return message
-
-
 def test_viz_says_its_save_path_is_read_only_before_loading_anything(tmp_path):
     shared = Path(tempfile.mkdtemp(prefix="slotcon-ro-"))  # pytest's own folders are root's alone
     try:
         shared.chmod(0o555)
-        message = _unprivileged(
-            lambda: viz_main(["--model-path", str(tmp_path / "absent.pth"), "--save-path", str(shared / "viz.png")])
+        message = error_as_unprivileged(
+            lambda: viz_main(["--model-path", str(tmp_path / "absent.pth"), "--save-path", str(shared / "viz.png")]),
+            SystemExit,
         )
     finally:
         shared.chmod(0o755)

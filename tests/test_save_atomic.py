@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unprivileged import error_as_unprivileged
 from utils.checkpoint import CheckpointSaveError, load_checkpoint, save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,36 +125,6 @@ def test_a_removed_output_folder_is_named(previous):
     )
 
 
-def _run_unprivileged(fn) -> str:
-    """``fn()``'s CheckpointSaveError message (or "" if none), run as a user without root's override of modes."""
-    if os.geteuid() != 0:
-        try:
-            fn()
-        except CheckpointSaveError as e:
-            return str(e)
-        return ""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child drops root so that a folder's mode applies to it
-        os.close(read)
-        message = ""
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            fn()
-        except CheckpointSaveError as e:
-            message = str(e)
-        except BaseException as e:
-            message = f"unexpected {type(e).__name__}: {e}"
-        os.write(write, message.encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        message = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return message
-
-
 def test_a_read_only_output_folder_keeps_the_previous_file():
     shared = Path(tempfile.mkdtemp(prefix="slotcon-ro-"))  # not under pytest's folders, which only root may enter
     try:
@@ -162,7 +133,7 @@ def test_a_read_only_output_folder_keeps_the_previous_file():
         save_atomic({"model": {"w": torch.zeros(3)}}, previous)
         old = previous.read_bytes()
         shared.chmod(0o555)
-        message = _run_unprivileged(lambda: save_atomic(NEW, previous))
+        message = error_as_unprivileged(lambda: save_atomic(NEW, previous), CheckpointSaveError)
         shared.chmod(0o755)
         _assert_failed_cleanly(CheckpointSaveError(message), previous, old, "Permission denied [EACCES]")
     finally:

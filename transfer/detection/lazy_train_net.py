@@ -50,7 +50,6 @@ try:
         default_setup,
         default_writers,
         hooks,
-        launch,
     )
     from detectron2.evaluation import inference_on_dataset, print_csv_format
     from detectron2.utils import comm
@@ -67,6 +66,7 @@ from transfer.detection.train_net import (
     VAL_SET,
     command_with,
     first_line,
+    launch_processes,
     parse_args,
     read_coco_categories,
     save_results,
@@ -339,14 +339,7 @@ def cli(argv: list[str] | None = None) -> None:
     if not args.eval_only:
         check_crop_dependency(cfg)
     check_weights(cfg, args.resume)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_processes(main, args)
 
 
 if __name__ == "__main__":

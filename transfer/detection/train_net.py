@@ -23,6 +23,7 @@ import pickle
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path, as the original README does: make the repository importable
@@ -272,14 +273,9 @@ def main(args: argparse.Namespace) -> dict | None:
     return results
 
 
-def cli(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    print("Command Line Args:", args)
-    # Before launch, so that a message is not lost in worker processes.
-    cfg = load_config(args)
-    check_devices(args, cfg, [sys.argv[0] if sys.argv[0].endswith(".py") else "train_net.py", *argv])
-    check_weights(cfg, args.resume)
+def launch_processes(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """``main(args)`` in ``--num-gpus`` processes per machine (one, in this process, without GPUs), as detectron2's
+    ``launch`` starts them from ``--num-machines --machine-rank --dist-url``."""
     launch(
         main,
         args.num_gpus,
@@ -288,6 +284,17 @@ def cli(argv: list[str] | None = None) -> None:
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    print("Command Line Args:", args)
+    # Before launch, so that a message is not lost in worker processes.
+    cfg = load_config(args)
+    check_devices(args, cfg, [sys.argv[0] if sys.argv[0].endswith(".py") else "train_net.py", *argv])
+    check_weights(cfg, args.resume)
+    launch_processes(main, args)
 
 
 if __name__ == "__main__":
