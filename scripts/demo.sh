@@ -130,7 +130,8 @@ fi
 cat <<DONE
 
 Done in $(( $(date +%s) - start )) s. Everything is under $OUT/ (seed S > 0: $OUT-seedS/):
-  current.pth, ckpt_epoch_$EPOCHS.pth   checkpoints (make transfer-demo starts from $OUT/current.pth)
+  current.pth, ckpt_epoch_$EPOCHS.pth   checkpoints (python -m transfer.export for other libraries; make transfer-demo
+                                      starts from output/demo/current.pth, the ResNet)
   log.txt, metrics.jsonl              training log
   tensorboard/                        tensorboard --logdir $OUT/tensorboard
   eval.json                           all evaluation numbers, class-coloured scenes (first table above)
