@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.demo_scenes import generate_scenes
+from data.demo_scenes import SceneConfig, generate_scenes
 from eval import dense_retrieval, report
 from eval.common import Batch
 from eval.datasets import IGNORE_INDEX
@@ -229,7 +229,7 @@ def test_prediction_is_argmax_of_upsampled_votes() -> None:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("retrieval_demo") / "scenes"
-    generate_scenes(root, num_train=8, num_eval=4, size=64, seed=0, workers=1)
+    generate_scenes(root, SceneConfig(size=64), num_train=8, num_eval=4, seed=0, workers=1)
     return root
 
 
