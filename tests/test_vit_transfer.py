@@ -294,6 +294,8 @@ def test_demo_vitdet_config_loads_the_export_with_every_backbone_tensor(trunk, d
 
 
 def test_lazy_train_net_stops_bad_input_with_one_line(trunk, d2, demo_sets, tmp_path):
+    from detectron2.data import DatasetCatalog
+
     from transfer.detection import lazy_train_net as ltn
 
     def load(*argv: str):
@@ -324,8 +326,14 @@ def test_lazy_train_net_stops_bad_input_with_one_line(trunk, d2, demo_sets, tmp_
         ltn.check_weights(load(f"train.init_checkpoint={wrong}"), resume=False)
     fragments = ("does not fit the config's model.backbone.net", "of other shapes", "net.patch_embed.proj.weight")
     one_line_exit(excinfo, *fragments)
-    with pytest.raises(SystemExit) as excinfo:  # no dataset given: the demo's placeholders are not registered
-        ltn.check_datasets(load())
+    # No dataset given: the demo's placeholders are not registered, as in a fresh process (an earlier test in this
+    # one may have registered them: set aside meanwhile).
+    registered = {name: DatasetCatalog.pop(name) for name in (ltn.TRAIN_SET, ltn.VAL_SET) if name in DatasetCatalog}
+    try:
+        with pytest.raises(SystemExit) as excinfo:
+            ltn.check_datasets(load())
+    finally:
+        DatasetCatalog.update(registered)
     one_line_exit(excinfo, "'custom_train'", "--train-json")
     if torch.cuda.device_count() == 0:
         with pytest.raises(SystemExit) as excinfo:
