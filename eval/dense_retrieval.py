@@ -51,10 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eval.common import Batch, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
+from eval.common import Batch, EvalModel, Evaluation, backbone_batches, base_dataset, load_split, run_evaluation
 from eval.datasets import IGNORE_INDEX
 from eval.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
-from models.slotcon import SlotConTeacher
 
 DEFAULT_K = 30
 DEFAULT_TEMPERATURE = 0.02
@@ -410,7 +409,7 @@ def run_from_args(
     )  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace, model: SlotConTeacher, device: torch.device) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: EvalModel, device: torch.device) -> dict[str, Any]:
     # Streamed: only the bank is kept, not the whole train split's C5 maps.
     train, evaluation = load_split(args, "train"), load_split(args, "eval")
     source = base_dataset(evaluation)
@@ -449,6 +448,7 @@ EVALUATION = Evaluation(
     describe,
     add_options,
     check_options,
+    clusters=False,  # a baseline's k-means is not used: retrieval reads the features alone
 )
 
 

@@ -12,8 +12,8 @@ import torch
 
 from data.demo_scenes import SceneConfig, generate_scenes
 from data.photometric import normalize_uint8
-from eval import knn, linear_probe, object_discovery, report, unsupervised_seg
-from eval.baselines import BASELINES, HIST_CELL, build_baseline, colour_bins, kmeans
+from eval import dense_retrieval, knn, linear_probe, object_discovery, report, unsupervised_seg
+from eval.baselines import BASELINES, HIST_CELL, ColourBaseline, build_baseline, colour_bins, kmeans
 from eval.common import SplitFeatures
 from eval.knn import run_knn
 from eval.linear_probe import run_linear_probe
@@ -200,3 +200,18 @@ def test_probe_and_knn_clis_take_baselines(demo_dir: Path, tmp_path: Path) -> No
     assert result["num_train_images"] == 2 and result["num_eval_images"] == 3 and 0 <= result["miou"] <= 1
     assert knn.main(["--checkpoint", "colour", *_common(demo_dir, out)]) == 0
     assert json.loads(out.read_text())["top1"] > 0.5  # class colours: objects' mean colours give the class away
+
+
+def test_clis_that_use_no_clusters_never_fit_the_kmeans(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe, k-NN and dense retrieval read the features alone: a k-means fit there would be wasted work.
+    def no_fit(self, train_features):
+        raise AssertionError("the k-means was fitted")
+
+    monkeypatch.setattr(ColourBaseline, "fit", no_fit)
+    out = tmp_path / "x.json"
+    assert linear_probe.main(["--checkpoint", "colour", *_common(demo_dir, out), "--epochs", "1"]) == 0
+    assert knn.main(["--checkpoint", "colour", *_common(demo_dir, out)]) == 0
+    assert dense_retrieval.main(["--checkpoint", "colour", *_common(demo_dir, out)]) == 0
+    assert 0 <= json.loads(out.read_text())["miou"] <= 1
