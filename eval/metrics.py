@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from utils.tables import format_table
+from utils.tables import format_table, mean_range
 
 UNASSIGNED = -1  # the class a cluster maps to when a matching leaves it without one
 
@@ -221,7 +221,7 @@ def format_spread(spread: dict[str, dict[str, tuple[float, float, float]]], runs
     columns = list(dict.fromkeys(c for m in models for c in spread[m]))
     cells = {
         m: [
-            f"{100 * mean:.1f} ({100 * low:.1f}-{100 * high:.1f})" if math.isfinite(mean) else "-"
+            mean_range(100 * mean, 100 * low, 100 * high) if math.isfinite(mean) else "-"
             for mean, low, high in (spread[m].get(c, (math.nan,) * 3) for c in columns)
         ]
         for m in models

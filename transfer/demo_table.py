@@ -46,7 +46,7 @@ from transfer.detection import convert_pretrain_to_d2
 from transfer.segmentation import convert_pretrain_to_mm
 from utils.atomic import OutputWriteError, check_writable, write_text_atomic
 from utils.checkpoint import load_checkpoint
-from utils.tables import format_table
+from utils.tables import format_table, mean_range
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -326,7 +326,7 @@ def spread_cell(values: list[float]) -> str:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
-    return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+    return mean_range(sum(values) / len(values), min(values), max(values))
 
 
 def convert_backbones(checkpoint: Path, folder: Path) -> None:

@@ -23,3 +23,8 @@ def format_table(
         return "  ".join([name.ljust(name_width), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))])
 
     return "\n".join([line(first, columns), *(line(name, cells) for name, cells in rows.items())])
+
+
+def mean_range(mean: float, low: float, high: float) -> str:
+    """One cell of a spread over seeds: ``mean (min-max)``, one decimal each (the same in every table)."""
+    return f"{mean:.1f} ({low:.1f}-{high:.1f})"
