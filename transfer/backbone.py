@@ -127,12 +127,7 @@ def to_detectron2_name(name: str) -> str:
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """The output path, after checking that a file can be written there (one-line error otherwise)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SystemExit(f"{path}: output folder {path.parent} does not exist")
-    if path.is_dir():
-        raise SystemExit(f"{path}: is a folder; give a file name")
-    try:
+    try:  # a missing folder, a folder given as the file, a read-only or full disk: each one line
         return check_writable(path)
     except OutputWriteError as e:
         raise SystemExit(str(e)) from None
